@@ -1,0 +1,106 @@
+"""Runs passes to a fixed point over the main graph, every subgraph and every local function,
+and records what each pass did and why it refused what it refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import onnx
+
+from .fold import FoldError
+from .graph import GraphView, NameScope, all_names, is_default_domain, subgraphs_of
+from .match import Refusal
+from .report import Report
+
+log = logging.getLogger("onnx_fuse")
+
+MAX_ROUNDS = 32
+
+
+def default_opset(opset_imports) -> int:
+    for entry in opset_imports:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+class PassManager:
+    def __init__(self, passes, report: Report, fold_overridable: bool = False):
+        self.passes = list(passes)
+        self.report = report
+        self.fold_overridable = fold_overridable
+        self.names: NameScope | None = None
+
+    def run(self, model: onnx.ModelProto) -> bool:
+        """Rewrite `model` in place. True if anything changed."""
+        self.names = NameScope(all_names(model))
+        opset = default_opset(model.opset_import)
+        changed = self._scope(model.graph, opset, model.ir_version, parent=None, where="graph")
+        for function in model.functions:
+            f_opset = default_opset(function.opset_import) or opset
+            changed |= self._scope(function, f_opset, model.ir_version, parent=None,
+                                   where=f"function {function.domain}:{function.name}")
+        return changed
+
+    def _view(self, container, opset, ir_version, parent):
+        return GraphView(container, opset=opset, ir_version=ir_version, names=self.names,
+                         parent=parent, fold_overridable=self.fold_overridable)
+
+    def _scope(self, container, opset, ir_version, parent, where) -> bool:
+        changed = False
+        for _ in range(MAX_ROUNDS):
+            view = self._view(container, opset, ir_version, parent)
+            refusals = {}
+            round_changed = False
+            for rule in self.passes:
+                started = time.perf_counter()
+                round_changed |= self._sweep(rule, view, refusals, where)
+                self.report.add_time(rule.name, time.perf_counter() - started)
+            view.commit()
+            changed |= round_changed
+            if not round_changed:
+                break
+        for (pass_name, node_name), reason in refusals.items():
+            self.report.refuse(pass_name, where, node_name, reason)
+        nested = False
+        outer = None
+        for node in container.node:
+            for sub in subgraphs_of(node):
+                if outer is None:
+                    outer = self._view(container, opset, ir_version, parent)
+                nested |= self._scope(sub, opset, ir_version, outer,
+                                      where=f"{where} / {node.op_type} {node.name or node.output[0]}")
+        if nested:
+            # subgraphs may have stopped reading an outer initializer
+            view = self._view(container, opset, ir_version, parent)
+            view.sweep()
+            view.commit()
+        return changed or nested
+
+    def _sweep(self, rule, view: GraphView, refusals: dict, where: str) -> bool:
+        changed = False
+        for index in range(len(view.nodes)):
+            if index in view.removed:
+                continue
+            node = view.nodes[index]
+            if node.op_type not in rule.anchors or not is_default_domain(node):
+                continue
+            match = rule.match(view, index)
+            if match is None:
+                continue
+            label = node.name or node.output[0]
+            plan = rule.check(view, match)
+            if not isinstance(plan, Refusal):
+                try:
+                    rule.rewrite(view, match, plan)
+                except FoldError as error:
+                    plan = Refusal(str(error))
+            if isinstance(plan, Refusal):
+                refusals[(rule.name, label)] = plan.reason
+                continue
+            self.report.count(rule.name)
+            log.debug("%s: rewrote at %s (%s)", rule.name, label, where)
+            changed = True
+        return changed

@@ -1,0 +1,128 @@
+"""Small structural helpers shared by the passes: attributes, single consumers, and
+"this operand is a per-channel constant" for BatchNormalization and elementwise affine ops.
+
+Each reader returns a value on success and a `Refusal` (a reason a user can read) otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper
+
+from .fold import FoldError, bn_as_affine
+from .graph import GraphView, is_default_domain
+
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a structurally matching rewrite was not made."""
+
+    reason: str
+
+
+def attributes(node) -> dict:
+    return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+
+
+def has_attribute_refs(node) -> bool:
+    return any(attr.ref_attr_name for attr in node.attribute)
+
+
+def is_op(node, *op_types) -> bool:
+    return node is not None and is_default_domain(node) and node.op_type in op_types
+
+
+def producer_node(view: GraphView, name: str):
+    index = view.producer_of(name)
+    return None if index is None else view.node(index)
+
+
+def single_use(view: GraphView, name: str, what: str) -> Refusal | None:
+    """The rule every fold keeps: the intermediate has exactly one reader and is not an output."""
+    if name in view.outputs:
+        return Refusal(f"{what} output '{name}' is a graph output")
+    count = view.consumer_count(name)
+    if count != 1:
+        return Refusal(f"{what} output '{name}' has {count} consumers")
+    return None
+
+
+def per_channel_vector(value: np.ndarray, rank: int, channels: int, axis: int = 1) -> np.ndarray | None:
+    """The [channels] vector a constant applies along `axis` of a rank-`rank` tensor, or None.
+
+    The constant broadcasts numpy-style (right-aligned). It is per-channel when every one of its
+    axes is 1 except, possibly, the one that lines up with `axis`, which is 1 or `channels`; a
+    constant of higher rank would change the result's shape and is refused.
+    """
+    if value.ndim > rank:
+        return None
+    aligned = (1,) * (rank - value.ndim) + tuple(value.shape)
+    for i, size in enumerate(aligned):
+        if size != 1 and not (i == axis and size == channels):
+            return None
+    return np.broadcast_to(value.reshape(-1) if value.size > 1 else value.reshape(1), (channels,))
+
+
+def batchnorm_affine(view: GraphView, node, channels: int) -> tuple[np.ndarray, np.ndarray] | Refusal:
+    """BatchNormalization in inference form as per-channel (scale, shift)."""
+    attrs = attributes(node)
+    if has_attribute_refs(node):
+        return Refusal("BatchNormalization attributes refer to function attributes")
+    if attrs.get("training_mode", 0) == 1:
+        return Refusal("BatchNormalization is in training mode")
+    if "is_test" in attrs and attrs["is_test"] == 0 and len([o for o in node.output if o]) > 1:
+        return Refusal("BatchNormalization is in training mode (is_test=0)")
+    if attrs.get("spatial", 1) == 0:
+        return Refusal("BatchNormalization spatial=0 normalizes per activation, not per channel")
+    for extra in node.output[1:]:
+        if extra and view.consumer_count(extra):
+            return Refusal(f"BatchNormalization output '{extra}' (running statistics) is in use")
+    params = []
+    for role, name in zip(("scale", "bias", "mean", "var"), node.input[1:5]):
+        value = view.constant(name)
+        if value is None:
+            return Refusal(f"BatchNormalization {role} '{name}' is not a constant")
+        if value.size not in (1, channels) or value.ndim > 1:
+            return Refusal(f"BatchNormalization {role} has shape {list(value.shape)}, expected [{channels}]")
+        params.append(value)
+    try:
+        return bn_as_affine(*params, attrs.get("epsilon", 1e-5))
+    except FoldError as error:
+        return Refusal(str(error))
+
+
+def elementwise_affine(view: GraphView, node, x: str, rank: int, channels: int,
+                       axis: int = 1) -> tuple[np.ndarray, np.ndarray] | Refusal:
+    """Mul/Add/Sub/Div of `x` by a per-channel constant as (scale, shift): op(x, c) == x * a + b."""
+    if len(node.input) != 2 or list(node.input).count(x) != 1:
+        return Refusal(f"{node.op_type} does not read '{x}' exactly once")
+    x_first = node.input[0] == x
+    other = node.input[1] if x_first else node.input[0]
+    value = view.constant(other)
+    if value is None:
+        return Refusal(f"{node.op_type} operand '{other}' is not a constant")
+    if value.dtype.kind != "f":
+        return Refusal(f"{node.op_type} operand '{other}' is not floating point")
+    vector = per_channel_vector(value, rank, channels, axis)
+    if vector is None:
+        return Refusal(f"{node.op_type} operand of shape {list(value.shape)} is not per-channel "
+                       f"along axis {axis} of a rank-{rank} tensor with {channels} channels")
+    c = vector.astype(np.float64)
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    op = node.op_type
+    if op == "Mul":
+        return c, zeros
+    if op == "Add":
+        return ones, c
+    if op == "Sub":
+        return (ones, -c) if x_first else (-ones, c)
+    # Div
+    if not x_first:
+        return Refusal("Div by the tensor (c / x) is not linear")
+    if np.any(c == 0):
+        return Refusal("Div by a constant that has zeros")
+    return 1.0 / c, zeros

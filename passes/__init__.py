@@ -1,0 +1,15 @@
+"""The rewrites onnx-fuse runs, in order. Importing this module has no side effects."""
+
+from .bn_conv import BatchNormConv
+from .conv_affine import ConvAffine
+from .conv_bn import ConvBatchNorm
+from .gemm_bn import GemmBatchNorm
+
+DEFAULT_PASSES = (
+    ConvBatchNorm(),
+    ConvAffine(),
+    GemmBatchNorm(),
+    BatchNormConv(),
+)
+
+__all__ = ["DEFAULT_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm", "BatchNormConv"]

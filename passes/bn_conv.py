@@ -1,0 +1,75 @@
+"""bn_conv: BatchNormalization (or a per-channel Mul/Add/Sub/Div) before a Conv, Gemm or MatMul
+folds forward into that operator's weights. Exact only when the Conv pads nothing: padding adds
+zeros after the shift, so a padded Conv is refused, as is a normalized tensor with other readers.
+"""
+
+from dataclasses import dataclass
+
+from onnx_fuse.graph import GraphView
+from onnx_fuse.linear import fold_before, read_affine, read_linear
+from onnx_fuse.match import AFFINE_OPS, Refusal, attributes, is_op, single_use
+from onnx_fuse.rule import Pass
+
+
+@dataclass(frozen=True)
+class AffineLinearMatch:
+    affine: int
+    linear: int
+    x: str
+
+
+def pads_nothing(node) -> bool:
+    attrs = attributes(node)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "VALID":
+        return True
+    return auto_pad == "NOTSET" and not any(attrs.get("pads", ()))
+
+
+class BatchNormConv(Pass):
+    name = "bn_conv"
+    summary = "BatchNormalization/per-channel affine -> unpadded Conv or Gemm: fold into the weights"
+    anchors = ("Conv", "Gemm", "MatMul")
+
+    def match(self, view: GraphView, index: int):
+        node = view.node(index)
+        producer = view.producer_of(node.input[0])
+        if producer is None:
+            return None
+        affine = view.node(producer)
+        if not is_op(affine, "BatchNormalization", *AFFINE_OPS):
+            return None
+        if affine.op_type == "BatchNormalization":
+            x = affine.input[0]
+        else:
+            variable = [name for name in affine.input if view.constant(name) is None]
+            if len(variable) != 1:
+                return None
+            x = variable[0]
+        return AffineLinearMatch(producer, index, x)
+
+    def check(self, view: GraphView, match: AffineLinearMatch):
+        affine = view.node(match.affine)
+        linear = view.node(match.linear)
+        refusal = single_use(view, affine.output[0], affine.op_type)
+        if refusal:
+            return refusal
+        op = read_linear(view, match.linear)
+        if isinstance(op, Refusal):
+            return op
+        if linear.op_type == "Conv" and not pads_nothing(linear):
+            return Refusal("Conv pads its input, and padding adds zeros after the shift")
+        if linear.op_type == "Gemm" and attributes(linear).get("transA", 0):
+            return Refusal("Gemm transposes its input (transA=1)")
+        rank = op.weight.ndim if op.is_conv else 2
+        ab = read_affine(view, affine, match.x, rank, op.in_channels)
+        if isinstance(ab, Refusal):
+            return ab
+        return op, ab
+
+    def rewrite(self, view: GraphView, match: AffineLinearMatch, plan):
+        op, (a, b) = plan
+        fold_before(view, op, a, b)
+        view.set_input(op.index, 0, match.x)
+        view.remove_node(match.affine)
