@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+from support import ModelBuilder, assert_same_function, assert_unchanged, conv, op_counts, optimize
+
+GROUPS = {"dense": 1, "grouped": 2, "depthwise": 4}
+
+
+def conv_bn_model(rank=2, groups=1, bias=True, dtype=np.float32, opset=17, transpose=False,
+                  bn_attrs=None, extra_reader=False, bn_output_as_output=False, k=3, **conv_attrs):
+    b = ModelBuilder(dtype)
+    x = b.input([2, 4] + [5] * rank)
+    y = conv(b, x, 4, 4, rank=rank, k=k, groups=groups, bias=bias, transpose=transpose, **conv_attrs)
+    z = b.batchnorm(y, 4, **(bn_attrs or {}))
+    b.output(z)
+    if extra_reader:
+        b.output(b.node("Relu", [y]))
+    if bn_output_as_output:
+        b.output(y)
+    return b.model(opset)
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "convtranspose"])
+@pytest.mark.parametrize("groups", GROUPS.values(), ids=GROUPS.keys())
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_fold_conv_bn(rank, groups, bias, transpose):
+    model = conv_bn_model(rank, groups, bias, transpose=transpose)
+    result, report = optimize(model)
+    assert op_counts(result) == {"ConvTranspose" if transpose else "Conv": 1}
+    assert report.passes["conv_bn"].rewrites == 1
+    assert_same_function(model, result)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 14, 15, 17, 21])
+def test_fold_every_batchnorm_opset(opset):
+    model = conv_bn_model(opset=opset)
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1}
+    assert_same_function(model, result)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_fold_keeps_the_weight_dtype(dtype):
+    model = conv_bn_model(dtype=dtype)
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1}
+    assert {t.data_type for t in result.graph.initializer} == {model.graph.initializer[0].data_type}
+    assert_same_function(model, result, dtype=dtype)
+
+
+def test_fold_strided_dilated_conv():
+    model = conv_bn_model(strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2])
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1}
+    assert_same_function(model, result)
+
+
+def test_fold_opset6_batchnorm_with_is_test():
+    model = conv_bn_model(opset=6, bn_attrs={"is_test": 1, "spatial": 1})
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1}
+
+
+def test_fold_keeps_names_and_order_of_outputs():
+    model = conv_bn_model()
+    result, _ = optimize(model)
+    assert [o.name for o in result.graph.output] == [o.name for o in model.graph.output]
+    assert [i.name for i in result.graph.input] == [i.name for i in model.graph.input]
+
+
+def test_shared_weight_is_not_changed_in_place():
+    b = ModelBuilder()
+    x = b.input([1, 4, 6, 6])
+    w = b.const(b.weights(4, 4, 3, 3), "w")
+    y1 = b.node("Conv", [x, w], pads=[1, 1, 1, 1])
+    y2 = b.node("Conv", [x, w], pads=[1, 1, 1, 1])
+    b.output(b.batchnorm(y1, 4))
+    b.output(y2)
+    model = b.model()
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 2}
+    names = {t.name for t in result.graph.initializer}
+    assert w in names and len(names) == 3
+    assert_same_function(model, result)
+
+
+# ---- negative twins: one precondition broken, the model comes out byte-identical ----------
+
+def test_refuse_when_conv_output_has_another_reader():
+    assert_unchanged(conv_bn_model(extra_reader=True), "has 2 consumers")
+
+
+def test_refuse_when_conv_output_is_a_graph_output():
+    assert_unchanged(conv_bn_model(bn_output_as_output=True), "is a graph output")
+
+
+def test_refuse_training_mode():
+    assert_unchanged(conv_bn_model(opset=15, bn_attrs={"training_mode": 1}), "training mode")
+
+
+def test_refuse_spatial_zero():
+    assert_unchanged(conv_bn_model(opset=7, bn_attrs={"spatial": 0}), "spatial=0")
+
+
+def test_refuse_statistics_that_are_graph_inputs():
+    model = conv_bn_model()
+    var = model.graph.node[1].input[4]
+    model.graph.input.append(helper.make_tensor_value_info(var, 1, [4]))
+    assert_unchanged(model, "is not a constant")
+
+
+def test_overridable_statistics_fold_when_the_user_says_so():
+    model = conv_bn_model()
+    var = model.graph.node[1].input[4]
+    model.graph.input.append(helper.make_tensor_value_info(var, 1, [4]))
+    result, _ = optimize(model, fold_overridable_initializers=True)
+    assert op_counts(result) == {"Conv": 1}
+
+
+def test_refuse_non_constant_weight():
+    b = ModelBuilder()
+    x = b.input([1, 4, 6, 6])
+    w = b.input([4, 4, 3, 3], name="w")
+    b.output(b.batchnorm(b.node("Conv", [x, w], pads=[1, 1, 1, 1]), 4))
+    assert_unchanged(b.model(), "weight 'w' is not a constant")
+
+
+def test_refuse_fold_that_overflows_float16():
+    model = conv_bn_model(dtype=np.float16)
+    var = next(t for t in model.graph.initializer if t.name.startswith("var"))
+    var.CopyFrom(numpy_helper.from_array(np.zeros(4, np.float16), var.name))
+    model.graph.node[1].attribute[0].f = 1e-12  # epsilon: scale / sqrt(1e-12) = 1e6 x
+    assert_unchanged(model, "overflows float16")
+
+
+def test_custom_domain_batchnorm_is_left_alone():
+    model = conv_bn_model()
+    model.graph.node[1].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    result, _ = optimize(model)
+    assert result.SerializeToString() == model.SerializeToString()
