@@ -231,18 +231,22 @@ class GraphView:
         return self._evaluate(node, values, name)
 
     def _evaluate(self, node, values, name):
+        """Evaluate one pure node on constant inputs with onnx's reference implementation."""
         from onnx.reference import ReferenceEvaluator
 
         if any(attr.ref_attr_name for attr in node.attribute):
             return None
+        feeds = {n: v for n, v in zip(node.input, values) if n}
+        # a one-node model, so that the reference picks the operator version of our opset
+        graph = helper.make_graph([node], "constant", [helper.make_tensor_value_info(n, 0, None) for n in feeds],
+                                  [helper.make_tensor_value_info(n, 0, None) for n in node.output if n])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         try:
-            evaluator = ReferenceEvaluator(node, opsets={"": self.opset})
-            feeds = {n: v for n, v in zip(node.input, values) if n}
-            results = evaluator.run(None, feeds)
+            results = ReferenceEvaluator(model).run(None, feeds)
         except Exception as error:  # a malformed constant expression is simply not a constant
             log.debug("could not evaluate %s %s: %s", node.op_type, node.name, error)
             return None
-        return np.asarray(results[list(node.output).index(name)])
+        return np.asarray(results[[n for n in node.output if n].index(name)])
 
     # ---- shapes ------------------------------------------------------------------------
     def rank(self, name: str) -> int | None:

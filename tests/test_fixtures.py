@@ -1,0 +1,73 @@
+"""Real exports from PyTorch, Keras (tf2onnx) and Paddle (paddle2onnx), made by fixtures/make_*.py:
+after onnx-fuse no normalization or constant affine op follows a Conv, and the outputs still match
+the framework's own to 1e-5 relative."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from support import optimize, session
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+MANIFEST = {name: entry for path in sorted(FIXTURES.glob("manifest_*.json"))
+            for name, entry in json.loads(path.read_text()).items()}
+AFFINE = ("BatchNormalization", "Mul", "Add", "Sub", "Div")
+
+
+def load_fixture(name):
+    data = np.load(FIXTURES / f"{name}.npz")
+    inputs = [data[f"in{i}"] for i in range(sum(k.startswith("in") for k in data.files))]
+    outputs = [data[f"out{i}"] for i in range(sum(k.startswith("out") for k in data.files))]
+    return onnx.load(str(FIXTURES / f"{name}.onnx")), inputs, outputs
+
+
+def run(model, inputs):
+    sess = session(model)
+    return sess.run(None, {arg.name: value for arg, value in zip(sess.get_inputs(), inputs)})
+
+
+def constants(model):
+    return {t.name for t in model.graph.initializer} | {
+        out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+
+
+def affine_after_conv(model) -> Counter:
+    """Normalizations, and Mul/Add/Sub/Div by a constant, that read a Conv's output."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    const = constants(model)
+    found = Counter()
+    for node in model.graph.node:
+        if node.op_type not in AFFINE:
+            continue
+        reads_conv = any(i in producer and producer[i].op_type in ("Conv", "ConvTranspose") for i in node.input)
+        if reads_conv and (node.op_type == "BatchNormalization" or any(i in const for i in node.input)):
+            found[node.op_type] += 1
+    return found
+
+
+def assert_matches_framework(actual, expected):
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(e))))
+
+
+def test_fixtures_are_there():
+    frameworks = Counter(entry["framework"] for entry in MANIFEST.values())
+    assert frameworks["pytorch"] >= 4 and frameworks["keras"] >= 3 and frameworks["paddle"] >= 2
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_fixture_folds_and_matches_the_framework(name):
+    model, inputs, expected = load_fixture(name)
+    assert_matches_framework(run(model, inputs), expected)
+    result, report = optimize(model)
+    onnx.checker.check_model(result, full_check=True)
+    assert affine_after_conv(result) == Counter(), report.refused
+    assert_matches_framework(run(result, inputs), expected)
+    ops_before = Counter(n.op_type for n in model.graph.node)
+    ops_after = Counter(n.op_type for n in result.graph.node)
+    assert ops_after["Transpose"] <= ops_before["Transpose"]
+    if affine_after_conv(model):
+        assert report.rewrites > 0
