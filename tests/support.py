@@ -58,9 +58,10 @@ class ModelBuilder:
     def batchnorm(self, x, c, epsilon=1e-3, **attrs):
         return self.node("BatchNormalization", [x] + self.bn_params(c), epsilon=epsilon, **attrs)
 
-    def model(self, opset=17, ir_version=None):
+    def model(self, opset=17, ir_version=None, domains=()):
         graph = helper.make_graph(self.nodes, "test", self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+        model = helper.make_model(graph, opset_imports=opsets)
         model.ir_version = ir_version or min(onnx.IR_VERSION, 8 if opset <= 17 else 10)
         # outputs are declared without a shape; take the rank and sizes from shape inference
         inferred = onnx.shape_inference.infer_shapes(model)

@@ -1,0 +1,100 @@
+"""The fold formulas against a direct convolution written with numpy: no ONNX involved."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from onnx_fuse import fold
+
+
+def conv1d(x, w, b=None, groups=1):
+    """Direct grouped 1-D convolution, no padding, stride 1: x [N, C, L], w [M, C/g, K]."""
+    n, c, length = x.shape
+    m, cg, k = w.shape
+    out = np.zeros((n, m, length - k + 1))
+    for o in range(m):
+        g = o // (m // groups)
+        for t in range(length - k + 1):
+            out[:, o, t] = np.einsum("nck,ck->n", x[:, g * cg:(g + 1) * cg, t:t + k], w[o])
+    return out + (0 if b is None else b[None, :, None])
+
+
+def conv_transpose1d(x, w, b=None, groups=1):
+    """Direct grouped 1-D transposed convolution, stride 1: x [N, C, L], w [C, M/g, K]."""
+    n, c, length = x.shape
+    _, mg, k = w.shape
+    cg = c // groups
+    out = np.zeros((n, mg * groups, length + k - 1))
+    for i in range(c):
+        g = i // cg
+        for t in range(length):
+            out[:, g * mg:(g + 1) * mg, t:t + k] += x[:, i, t][:, None, None] * w[i][None]
+    return out + (0 if b is None else b[None, :, None])
+
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+@pytest.mark.parametrize("bias", [True, False])
+def test_affine_after_conv(groups, bias):
+    x, w = rng.normal(size=(2, 6, 9)), rng.normal(size=(6, 6 // groups, 3))
+    b = rng.normal(size=6) if bias else None
+    a, s = rng.normal(size=6), rng.normal(size=6)
+    fw, fb = fold.fold_affine_after_conv(w, b, a, s, groups)
+    expected = conv1d(x, w, b, groups) * a[None, :, None] + s[None, :, None]
+    np.testing.assert_allclose(conv1d(x, fw, fb, groups), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_affine_after_conv_transpose(groups):
+    x, w = rng.normal(size=(2, 6, 5)), rng.normal(size=(6, 12 // groups, 3))
+    a, s = rng.normal(size=12), rng.normal(size=12)
+    fw, fb = fold.fold_affine_after_conv(w, None, a, s, groups, transposed=True)
+    expected = conv_transpose1d(x, w, None, groups) * a[None, :, None] + s[None, :, None]
+    np.testing.assert_allclose(conv_transpose1d(x, fw, fb, groups), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 6])
+def test_affine_before_unpadded_conv(groups):
+    x, w = rng.normal(size=(2, 6, 9)), rng.normal(size=(12, 6 // groups, 3))
+    a, s = rng.normal(size=6), rng.normal(size=6)
+    fw, fb = fold.fold_affine_before_conv(w, None, a, s, groups)
+    expected = conv1d(x * a[None, :, None] + s[None, :, None], w, None, groups)
+    np.testing.assert_allclose(conv1d(x, fw, fb, groups), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_folds(trans_b):
+    x, w, c = rng.normal(size=(3, 4)), rng.normal(size=(5, 4) if trans_b else (4, 5)), rng.normal(size=5)
+    a, s = rng.normal(size=5), rng.normal(size=5)
+    wk = w.T if trans_b else w
+    fw, fc = fold.fold_affine_after_gemm(w, c, a, s, trans_b, alpha=0.5, beta=2.0)
+    np.testing.assert_allclose(x @ (fw.T if trans_b else fw) + fc, (0.5 * x @ wk + 2.0 * c) * a + s, rtol=1e-12)
+    a, s = rng.normal(size=4), rng.normal(size=4)
+    fw, fc = fold.fold_affine_before_gemm(w, c, a, s, trans_b, alpha=0.5, beta=2.0)
+    np.testing.assert_allclose(x @ (fw.T if trans_b else fw) + fc, 0.5 * (x * a + s) @ wk + 2.0 * c, rtol=1e-12)
+
+
+def test_bn_as_affine():
+    x = rng.normal(size=(4, 3))
+    scale, bias, mean, var = rng.normal(size=3), rng.normal(size=3), rng.normal(size=3), rng.uniform(0.1, 1, 3)
+    a, b = fold.bn_as_affine(scale, bias, mean, var, 1e-3)
+    np.testing.assert_allclose(x * a + b, scale * (x - mean) / np.sqrt(var + 1e-3) + bias, rtol=1e-12)
+
+
+def test_bn_with_non_positive_variance_is_refused():
+    with pytest.raises(fold.FoldError, match="not positive"):
+        fold.bn_as_affine([1.0], [0.0], [0.0], [-1.0], 1e-5)
+
+
+@pytest.mark.parametrize("dtype,too_large", [(np.float16, 7e4), (np.float32, 4e38), (ml_dtypes.bfloat16, 4e38)])
+def test_cast_like_keeps_dtype_and_refuses_overflow(dtype, too_large):
+    assert fold.cast_like(np.array([1.5, -2.0]), dtype, "w").dtype == np.dtype(dtype)
+    with pytest.raises(fold.FoldError, match="overflows"):
+        fold.cast_like(np.array([1.0, -too_large]), dtype, "w")
+
+
+def test_cast_like_refuses_nan():
+    with pytest.raises(fold.FoldError, match="not finite"):
+        fold.cast_like(np.array([np.nan]), np.float32, "w")
