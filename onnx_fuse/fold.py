@@ -126,3 +126,170 @@ def cast_like(values: np.ndarray, dtype, what: str) -> np.ndarray:
     if values.size and float(np.max(np.abs(values))) > limit:
         raise FoldError(f"folded {what} overflows {dtype.name}")
     return values.astype(dtype)
+
+
+# ---- linear maps that are one convolution -----------------------------------------------------
+
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass
+class ConvMap:
+    """A linear map of x that is one convolution: y = conv(x; kernel, bias) with these attributes.
+
+    `diagonal` marks maps that act on each channel alone (identity, average pool, per-channel
+    affine): they are stored depthwise ([C, 1, k...], groups = C) and can take any group layout.
+    Pads are ONNX-ordered: all begins, then all ends.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    groups: int
+    strides: tuple
+    dilations: tuple
+    pads: tuple
+    diagonal: bool = False
+    sources: list = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return self.kernel.ndim - 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.kernel.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.kernel.shape[1] * self.groups
+
+    @property
+    def macs_per_pixel(self) -> int:
+        """Multiply-accumulates per output position: M * C/g * prod(k)."""
+        return int(np.prod(self.kernel.shape))
+
+
+def identity_map(channels: int, rank: int) -> ConvMap:
+    return ConvMap(np.ones((channels, 1) + (1,) * rank), np.zeros(channels), channels,
+                   (1,) * rank, (1,) * rank, (0,) * (2 * rank), diagonal=True)
+
+
+def average_pool_map(channels: int, kernel_shape, strides, pads) -> ConvMap:
+    """AveragePool with zero pads counted (count_include_pad=1, or no pads) is a 1/prod(k) kernel."""
+    kernel_shape = tuple(kernel_shape)
+    kernel = np.full((channels, 1) + kernel_shape, 1.0 / np.prod(kernel_shape))
+    return ConvMap(kernel, np.zeros(channels), channels, tuple(strides), (1,) * len(kernel_shape),
+                   tuple(pads), diagonal=True)
+
+
+def affine_after_map(m: ConvMap, a, b) -> ConvMap:
+    """(m(x)) * a + b per output channel."""
+    kernel, bias = fold_affine_after_conv(m.kernel, m.bias, a, b, m.groups)
+    return ConvMap(kernel, bias, m.groups, m.strides, m.dilations, m.pads, m.diagonal, m.sources)
+
+
+def regroup(m: ConvMap, groups: int) -> ConvMap:
+    """A diagonal map written for a conv with `groups` groups (its kernel is zero off the diagonal)."""
+    if m.groups == groups:
+        return m
+    if not m.diagonal:
+        raise FoldError(f"a convolution with {m.groups} groups cannot join one with {groups}")
+    channels = m.out_channels
+    per_group = channels // groups
+    kernel = np.zeros((channels, per_group) + m.kernel.shape[2:])
+    kernel[np.arange(channels), np.arange(channels) % per_group] = m.kernel[:, 0]
+    return ConvMap(kernel, m.bias, groups, m.strides, m.dilations, m.pads, False, m.sources)
+
+
+def sum_maps(maps: list) -> ConvMap:
+    """One convolution equal to the sum of several convolutions of the same input.
+
+    Per spatial axis, branch b reads input positions t*s - L_b ... t*s + R_b (L_b = pad begin,
+    R_b = d*(k_b - 1) - L_b) and has E_b = pad end - R_b, which fixes its output length. The
+    branches line up when E_b is the same for all and every L - L_b is a multiple of the dilation;
+    the merged kernel then spans L = max L_b to R = max R_b and each branch sits at (L - L_b) / d.
+    """
+    rank = maps[0].rank
+    if any(m.rank != rank for m in maps):
+        raise FoldError("branches have convolutions of different rank")
+    channels = {(m.out_channels, m.in_channels) for m in maps}
+    if len(channels) != 1:
+        raise FoldError(f"branches map different channel counts {sorted(channels)}")
+    if len({m.strides for m in maps}) != 1:
+        raise FoldError(f"branches have different strides {sorted({m.strides for m in maps})}")
+    rigid = [m for m in maps if not m.diagonal]
+    group_counts = {m.groups for m in rigid} or {maps[0].groups}
+    if len(group_counts) != 1:
+        raise FoldError(f"branches have different groups {sorted(group_counts)}")
+    groups = group_counts.pop()
+    maps = [regroup(m, groups) for m in maps]
+    dilations = []
+    for axis in range(rank):
+        ds = {m.dilations[axis] for m in maps if m.kernel.shape[2 + axis] > 1}
+        if len(ds) > 1:
+            raise FoldError(f"branches have different dilations on spatial axis {axis}")
+        dilations.append(ds.pop() if ds else 1)
+    sizes, offsets, pads_begin, pads_end = [], [[] for _ in maps], [], []
+    for axis in range(rank):
+        d = dilations[axis]
+        reach = []
+        for m in maps:
+            k, begin, end = m.kernel.shape[2 + axis], m.pads[axis], m.pads[rank + axis]
+            right = d * (k - 1) - begin
+            reach.append((begin, right, end - right))
+        if len({e for _, _, e in reach}) != 1:
+            raise FoldError(f"branch outputs do not line up on spatial axis {axis} (pads)")
+        left, right = max(r[0] for r in reach), max(r[1] for r in reach)
+        if any((left - b) % d or (right - r) % d for b, r, _ in reach):
+            raise FoldError(f"branch kernel centres do not line up on spatial axis {axis}")
+        sizes.append((left + right) // d + 1)
+        for i, (b, _, _) in enumerate(reach):
+            offsets[i].append((left - b) // d)
+        pads_begin.append(left)
+        pads_end.append(reach[0][2] + right)
+    out, in_per_group = maps[0].kernel.shape[:2]
+    kernel = np.zeros((out, in_per_group) + tuple(sizes))
+    bias = np.zeros(out)
+    for m, offset in zip(maps, offsets):
+        window = tuple(slice(o, o + k) for o, k in zip(offset, m.kernel.shape[2:]))
+        kernel[(slice(None), slice(None)) + window] += m.kernel
+        bias += m.bias
+    return ConvMap(kernel, bias, groups, maps[0].strides, tuple(dilations),
+                   tuple(pads_begin + pads_end), all(m.diagonal for m in maps),
+                   [s for m in maps for s in m.sources])
+
+
+def negate(m: ConvMap) -> ConvMap:
+    return ConvMap(-m.kernel, -m.bias, m.groups, m.strides, m.dilations, m.pads, m.diagonal, m.sources)
+
+
+def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
+    """second(first(x)) as one convolution, where that is exact.
+
+    Exact cases: `first` is 1x1, stride 1, unpadded and dense, and `second` pads nothing or
+    `first` has a zero bias (padding inserts zeros, not first's bias); or `second` is 1x1,
+    stride 1, unpadded and dense (it only mixes first's output channels).
+    """
+    def is_pointwise(m):
+        return (all(k == 1 for k in m.kernel.shape[2:]) and all(s == 1 for s in m.strides)
+                and not any(m.pads))
+
+    if first.rank != second.rank or first.out_channels != second.in_channels:
+        raise FoldError("the convolutions in sequence do not fit together")
+    first, second = regroup(first, 1), regroup(second, 1)
+    if first.groups != 1 or second.groups != 1:
+        raise FoldError("grouped convolutions in sequence do not compose into one")
+    if is_pointwise(first) and (not any(second.pads) or not np.any(first.bias)):
+        mix = first.kernel.reshape(first.out_channels, first.in_channels)
+        # W[m, c, k] = sum_c' second[m, c', k] * first[c', c];  b = second_b + sum second[m, c', k] * first_b[c']
+        kernel = np.einsum("mj...,jc->mc...", second.kernel, mix)
+        bias = second.bias + np.einsum("mj...,j->m", second.kernel, first.bias)
+        return ConvMap(kernel, bias, 1, second.strides, second.dilations, second.pads, False,
+                       first.sources + second.sources)
+    if is_pointwise(second):
+        mix = second.kernel.reshape(second.out_channels, second.in_channels)
+        kernel = np.einsum("mj,jc...->mc...", mix, first.kernel)
+        bias = second.bias + mix @ first.bias
+        return ConvMap(kernel, bias, 1, first.strides, first.dilations, first.pads, False,
+                       first.sources + second.sources)
+    raise FoldError("a padded convolution after a biased one does not compose exactly")

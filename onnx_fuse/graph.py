@@ -356,6 +356,9 @@ class GraphView:
                     pending.extend(n for n in node.input if n)
             elif name in self.initializers and (name not in self.inputs or self.initializers_are_inputs):
                 dead_initializers.add(name)
+        # constants made in this round and already replaced by a later fold
+        self.new_initializers = [t for t in self.new_initializers if not self._unused(t.name)]
+        self.new_constant_nodes = [n for n in self.new_constant_nodes if not self._unused(n.output[0])]
         kept = self.new_constant_nodes + [n for i, n in enumerate(self.nodes) if i not in self.removed]
         del self.container.node[:]
         self.container.node.extend(kept)

@@ -4,12 +4,14 @@ from .bn_conv import BatchNormConv
 from .conv_affine import ConvAffine
 from .conv_bn import ConvBatchNorm
 from .gemm_bn import GemmBatchNorm
+from .merge_branches import MergeBranches
 
 DEFAULT_PASSES = (
     ConvBatchNorm(),
     ConvAffine(),
+    MergeBranches(),
     GemmBatchNorm(),
     BatchNormConv(),
 )
 
-__all__ = ["DEFAULT_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm", "BatchNormConv"]
+__all__ = ["DEFAULT_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm", "BatchNormConv", "MergeBranches"]

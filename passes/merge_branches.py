@@ -1,0 +1,278 @@
+"""merge_branches: a sum of linear branches of one tensor x becomes one Conv (RepVGG, ACNet,
+DBB, MobileOne, RepViT, FastViT, PP-YOLOE's alpha block, and any other such block).
+
+A branch is any expression of x built from Conv (constant weights), AveragePool, BatchNormalization,
+Mul/Add/Sub/Div by per-channel constants, Identity, sums and differences of branches, and x itself;
+a Transpose that undoes the input's own layout Transpose (tf2onnx's NHWC identity branch) counts
+too. Every branch becomes a ConvMap (onnx_fuse.fold), and the maps are summed, composed and padded
+to the largest kernel. Refuses a nonlinearity, an intermediate with another reader or that is a
+graph output, non-constant weights, mismatched strides/groups/dilations, kernels that do not line
+up, and a merged Conv that would do more work than the branches it replaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import helper
+
+from onnx_fuse import fold
+from onnx_fuse.fold import ConvMap, FoldError
+from onnx_fuse.graph import GraphView
+from onnx_fuse.linear import read_linear
+from onnx_fuse.match import (Refusal, attributes, batchnorm_affine, elementwise_affine, has_attribute_refs,
+                             is_op)
+from onnx_fuse.rule import Pass
+
+LINEAR_STEPS = ("Conv", "AveragePool", "BatchNormalization", "Mul", "Add", "Sub", "Div", "Sum",
+                "Identity", "Transpose")
+
+
+@dataclass(frozen=True)
+class BranchSum:
+    anchor: int
+    roots: tuple  # candidate tensors x, the deepest first
+
+
+@dataclass
+class Branches:
+    """What expressing the sum against one root found: the nodes it covers and what they cost."""
+
+    root: str
+    channels: int
+    rank: int
+    dtype: np.dtype
+    covered: set = field(default_factory=set)
+    cost: int = 0
+
+
+def conv_padding(node, kernel_shape, strides, dilations):
+    """Explicit pads of a Conv, or None where they depend on the input size (SAME with stride > 1)."""
+    attrs = attributes(node)
+    rank = len(kernel_shape)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("NOTSET", ""):
+        return tuple(attrs.get("pads", (0,) * (2 * rank)))
+    if auto_pad == "VALID":
+        return (0,) * (2 * rank)
+    if any(s != 1 for s in strides):
+        return None
+    total = [d * (k - 1) for k, d in zip(kernel_shape, dilations)]
+    small = [t // 2 for t in total]
+    large = [t - t // 2 for t in total]
+    return tuple(small + large) if auto_pad == "SAME_UPPER" else tuple(large + small)
+
+
+def conv_map(view: GraphView, index: int) -> ConvMap | Refusal:
+    node = view.node(index)
+    op = read_linear(view, index)
+    if isinstance(op, Refusal):
+        return op
+    rank = op.weight.ndim - 2
+    attrs = attributes(node)
+    strides = tuple(attrs.get("strides", (1,) * rank))
+    dilations = tuple(attrs.get("dilations", (1,) * rank))
+    pads = conv_padding(node, op.weight.shape[2:], strides, dilations)
+    if pads is None:
+        return Refusal("Conv pads depend on the input size (auto_pad SAME with stride > 1)")
+    bias = np.zeros(op.out_channels) if op.bias is None else fold.as_f64(op.bias)
+    return ConvMap(fold.as_f64(op.weight), bias, op.groups, strides, dilations, pads, sources=[node.name])
+
+
+def average_pool_map(node, channels: int, rank: int) -> ConvMap | Refusal:
+    attrs = attributes(node)
+    kernel = tuple(attrs["kernel_shape"])
+    pads = tuple(attrs.get("pads", (0,) * (2 * rank)))
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID", ""):
+        return Refusal("AveragePool with auto_pad SAME")
+    if auto_pad == "VALID":
+        pads = (0,) * (2 * rank)
+    if attrs.get("ceil_mode", 0):
+        return Refusal("AveragePool with ceil_mode=1")
+    if any(d != 1 for d in attrs.get("dilations", ())):
+        return Refusal("AveragePool with dilations")
+    if any(pads) and not attrs.get("count_include_pad", 0):
+        return Refusal("AveragePool excludes the padding from its count (count_include_pad=0)")
+    return fold.average_pool_map(channels, kernel, attrs.get("strides", (1,) * rank), pads)
+
+
+class MergeBranches(Pass):
+    name = "merge_branches"
+    summary = "sums of parallel linear branches of one input (RepVGG, ACNet, DBB, MobileOne...): one Conv"
+    anchors = ("Add", "Sum", "Sub")
+
+    def match(self, view: GraphView, index: int):
+        node = view.node(index)
+        if sum(1 for name in node.input if name and view.constant(name) is None) < 2:
+            return None
+        roots, seen, frontier, depth = {}, set(), [n for n in node.input if n], 0
+        while frontier:
+            depth += 1
+            following = []
+            for name in frontier:
+                producer = view.producer_of(name)
+                if producer is None or producer in seen:
+                    continue
+                seen.add(producer)
+                step = view.node(producer)
+                if not is_op(step, *LINEAR_STEPS):
+                    continue
+                if step.op_type in ("Conv", "AveragePool"):
+                    roots[step.input[0]] = max(depth, roots.get(step.input[0], 0))
+                following += [n for n in step.input if n and view.constant(n) is None]
+            frontier = following
+        if not roots:
+            return None
+        return BranchSum(index, tuple(sorted(roots, key=lambda r: -roots[r])))
+
+    def check(self, view: GraphView, match: BranchSum):
+        first_refusal = None
+        for root in match.roots:
+            plan = self._against(view, match, root)
+            if not isinstance(plan, Refusal):
+                return plan
+            first_refusal = first_refusal or plan
+        return first_refusal
+
+    def _against(self, view: GraphView, match: BranchSum, root: str):
+        reader = next((i for i in view.consumers.get(root, ()) if is_op(view.node(i), "Conv")), None)
+        if reader is None:
+            return Refusal(f"no Conv reads '{root}'")
+        weight = view.constant(view.node(reader).input[1]) if len(view.node(reader).input) > 1 else None
+        if weight is None or weight.ndim < 3:
+            return Refusal(f"the Conv reading '{root}' has no constant weight")
+        groups = int(attributes(view.node(reader)).get("group", 1))
+        branches = Branches(root, weight.shape[1] * groups, weight.ndim - 2, weight.dtype)
+        merged = self._express(view, view.node(match.anchor).output[0], branches, top=True)
+        if isinstance(merged, Refusal):
+            return merged
+        if merged.diagonal:
+            return Refusal("no branch is a convolution")
+        if merged.macs_per_pixel > branches.cost:
+            return Refusal(f"the merged Conv would do more work ({merged.macs_per_pixel} multiply-adds "
+                           f"per output position) than the branches ({branches.cost})")
+        return branches, merged
+
+    def _express(self, view: GraphView, name: str, br: Branches, top=False) -> ConvMap | Refusal:
+        """`name` as one convolution of br.root, covering the nodes on the way."""
+        if name == br.root:
+            br.cost += br.channels
+            return fold.identity_map(br.channels, br.rank)
+        if not top:
+            if name in view.outputs:
+                return Refusal(f"'{name}' inside the branches is a graph output")
+            if view.sole_consumer(name) is None:
+                return Refusal(f"'{name}' inside the branches has {view.consumer_count(name)} readers")
+        index = view.producer_of(name)
+        if index is None:
+            return Refusal(f"a branch reads '{name}', which is not computed from '{br.root}'")
+        node = view.node(index)
+        if not is_op(node, *LINEAR_STEPS) or has_attribute_refs(node):
+            return Refusal(f"{node.op_type} '{node.name}' in a branch is not linear")
+        br.covered.add(index)
+        try:
+            return self._step(view, node, index, br)
+        except FoldError as error:
+            return Refusal(str(error))
+
+    def _step(self, view, node, index, br: Branches):
+        op = node.op_type
+        if op == "Identity":
+            return self._express(view, node.input[0], br)
+        if op == "Conv":
+            m = conv_map(view, index)
+            if isinstance(m, Refusal):
+                return m
+            br.cost += m.macs_per_pixel
+            if node.input[0] == br.root:
+                return m
+            inner = self._express(view, node.input[0], br)
+            return inner if isinstance(inner, Refusal) else fold.compose_maps(inner, m)
+        if op == "AveragePool":
+            inner = self._express(view, node.input[0], br)
+            if isinstance(inner, Refusal):
+                return inner
+            pool = average_pool_map(node, inner.out_channels, br.rank)
+            if isinstance(pool, Refusal):
+                return pool
+            br.cost += pool.macs_per_pixel
+            return pool if node.input[0] == br.root else fold.compose_maps(inner, pool)
+        if op == "BatchNormalization":
+            inner = self._express(view, node.input[0], br)
+            if isinstance(inner, Refusal):
+                return inner
+            ab = batchnorm_affine(view, node, inner.out_channels)
+            return ab if isinstance(ab, Refusal) else fold.affine_after_map(inner, *ab)
+        if op == "Transpose":
+            return self._layout_branch(view, node, br)
+        variables = [n for n in node.input if n and view.constant(n) is None]
+        if len(variables) == 1 and len(node.input) == 2:
+            inner = self._express(view, variables[0], br)
+            if isinstance(inner, Refusal):
+                return inner
+            ab = elementwise_affine(view, node, variables[0], br.rank + 2, inner.out_channels)
+            return ab if isinstance(ab, Refusal) else fold.affine_after_map(inner, *ab)
+        if op == "Sum" or (op in ("Add", "Sub") and len(variables) == 2):
+            maps = []
+            for position, operand in enumerate(node.input):
+                inner = self._express(view, operand, br)
+                if isinstance(inner, Refusal):
+                    return inner
+                maps.append(fold.negate(inner) if op == "Sub" and position == 1 else inner)
+            return fold.sum_maps(maps)
+        return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
+
+    def _layout_branch(self, view, node, br: Branches):
+        """Transpose(affine(s)) where the root is Transpose(s) with the same perm: an identity branch
+        computed in the other layout (tf2onnx keeps a BN of the NHWC input in NHWC)."""
+        perm = tuple(attributes(node).get("perm", ()))
+        root_index = view.producer_of(br.root)
+        root_node = view.node(root_index) if root_index is not None else None
+        if not is_op(root_node, "Transpose") or tuple(attributes(root_node).get("perm", ())) != perm or not perm:
+            return Refusal("a Transpose in a branch does not match the layout Transpose of the input")
+        source, axis = root_node.input[0], perm[1]
+        scale, shift = np.ones(br.channels), np.zeros(br.channels)
+        name = node.input[0]
+        while name != source:
+            if view.sole_consumer(name) is None:
+                return Refusal(f"'{name}' inside the branches has other readers")
+            index = view.producer_of(name)
+            step = view.node(index) if index is not None else None
+            if not is_op(step, "Mul", "Add", "Sub", "Div", "Identity"):
+                return Refusal(f"a branch reads '{name}', which is not a per-channel affine of '{source}'")
+            br.covered.add(index)
+            if step.op_type == "Identity":
+                name = step.input[0]
+                continue
+            variables = [n for n in step.input if view.constant(n) is None]
+            if len(variables) != 1:
+                return Refusal(f"{step.op_type} '{step.name}' does not scale one tensor")
+            ab = elementwise_affine(view, step, variables[0], len(perm), br.channels, axis=axis)
+            if isinstance(ab, Refusal):
+                return ab
+            # walking back from the output, this step applies before those already seen:
+            # outer(x * a + b) = x * (a * scale) + (b * scale + shift)
+            scale, shift = ab[0] * scale, ab[1] * scale + shift
+            name = variables[0]
+        br.cost += br.channels
+        return fold.affine_after_map(fold.identity_map(br.channels, br.rank), scale, shift)
+
+    def rewrite(self, view: GraphView, match: BranchSum, plan):
+        branches, merged = plan
+        anchor = view.node(match.anchor)
+        weight = fold.cast_like(merged.kernel, branches.dtype, "merged Conv weight")
+        bias = fold.cast_like(merged.bias, branches.dtype, "merged Conv bias")
+        base = anchor.name or anchor.output[0]
+        conv = helper.make_node(
+            "Conv", [branches.root, view.add_constant(weight, f"{base}_merged_weight"),
+                     view.add_constant(bias, f"{base}_merged_bias")],
+            [anchor.output[0]], name=anchor.name or view.names.fresh(f"{base}_merged"),
+            group=merged.groups, kernel_shape=list(merged.kernel.shape[2:]), strides=list(merged.strides),
+            dilations=list(merged.dilations), pads=list(merged.pads))
+        view.replace_node(match.anchor, conv)
+        for index in branches.covered - {match.anchor}:
+            view.remove_node(index)
