@@ -195,7 +195,7 @@ def report(candidates: list, before: dict, outputs: dict) -> int:
     floor = candidates[0]
     floor_seconds = statistics.median(floor.seconds) if floor.seconds else None
     floor_mb = max(floor.rss_kb) / 1024 if floor.rss_kb else None
-    header = f"{'tool':20} {'median s':>9} {'x floor':>8} {'peak RSS MB':>12} {'x floor':>8} {'nodes':>6} {'BN left':>8}"
+    header = f"{'tool':20} {'median s':>9} {'x floor':>8} {'peak RSS MB':>12} {'x floor':>8} {'nodes':>6} {'BN left':>8}  runs s"
     print(header)
     print("-" * len(header))
     print(f"{'(input model)':20} {'':>9} {'':>8} {'':>12} {'':>8} {before['nodes']:>6} {before['batchnorm']:>8}")
@@ -211,7 +211,7 @@ def report(candidates: list, before: dict, outputs: dict) -> int:
         rss_ratio = f"{mb / floor_mb:.2f}" if floor_mb else "-"
         out = outputs[tool.name]
         print(f"{tool.name:20} {seconds:9.2f} {time_ratio:>8} {mb:12.0f} {rss_ratio:>8} "
-              f"{out['nodes']:>6} {out['batchnorm']:>8}")
+              f"{out['nodes']:>6} {out['batchnorm']:>8}  {' '.join(f'{t:.2f}' for t in tool.seconds)}")
     print()
 
     fuse = candidates[1]

@@ -283,7 +283,7 @@ def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
         mix = first.kernel.reshape(first.out_channels, first.in_channels)
         # W[m, c, k] = sum_c' second[m, c', k] * first[c', c];  b = second_b + sum second[m, c', k] * first_b[c']
         kernel = np.einsum("mj...,jc->mc...", second.kernel, mix)
-        bias = second.bias + np.einsum("mj...,j->m", second.kernel, first.bias)
+        bias = second.bias + second.kernel.sum(axis=tuple(range(2, second.kernel.ndim))) @ first.bias
         return ConvMap(kernel, bias, 1, second.strides, second.dilations, second.pads, False,
                        first.sources + second.sources)
     if is_pointwise(second):

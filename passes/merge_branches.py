@@ -139,12 +139,11 @@ class MergeBranches(Pass):
         return first_refusal
 
     def _against(self, view: GraphView, match: BranchSum, root: str):
-        reader = next((i for i in view.consumers.get(root, ()) if is_op(view.node(i), "Conv")), None)
+        readers = [i for i in view.consumers.get(root, ()) if is_op(view.node(i), "Conv")]
+        weights = [(i, view.constant(view.node(i).input[1])) for i in readers if len(view.node(i).input) > 1]
+        reader, weight = next(((i, w) for i, w in weights if w is not None and w.ndim >= 3), (None, None))
         if reader is None:
-            return Refusal(f"no Conv reads '{root}'")
-        weight = view.constant(view.node(reader).input[1]) if len(view.node(reader).input) > 1 else None
-        if weight is None or weight.ndim < 3:
-            return Refusal(f"the Conv reading '{root}' has no constant weight")
+            return Refusal(f"no Conv with a constant weight reads '{root}'")
         groups = int(attributes(view.node(reader)).get("group", 1))
         branches = Branches(root, weight.shape[1] * groups, weight.ndim - 2, weight.dtype)
         merged = self._express(view, view.node(match.anchor).output[0], branches, top=True)

@@ -1,0 +1,229 @@
+"""Published re-parameterizable blocks, built directly in ONNX with random weights and BN
+statistics: each merges into the node count of its deploy form, with the same outputs."""
+
+import numpy as np
+import pytest
+from onnx import helper
+from support import ModelBuilder, assert_same_function, assert_unchanged, conv, op_counts, optimize
+
+C = 8
+
+
+def conv_bn(b, x, k=3, stride=1, groups=1, pads=None, cout=C, cin=C, bias=False, dilation=1, bn=True):
+    kernel = (k, k) if isinstance(k, int) else tuple(k)
+    pads = pads if pads is not None else [dilation * (kk // 2) for kk in kernel] * 2
+    w = b.weights(cout, cin // groups, *kernel)
+    inputs = [x, b.const(w, "w")] + ([b.const(b.rng.normal(0, .5, cout), "b")] if bias else [])
+    y = b.node("Conv", inputs, group=groups, kernel_shape=list(kernel), pads=pads, strides=[stride] * 2,
+               dilations=[dilation] * 2)
+    return b.batchnorm(y, cout) if bn else y
+
+
+def block_model(build, size=7, seed=0, relu=True):
+    b = ModelBuilder(seed=seed)
+    x = b.input([2, C, size, size])
+    y = build(b, x)
+    b.output(b.node("Relu", [y]) if relu else y)
+    return b.model()
+
+
+def add(b, *terms):
+    y = terms[0]
+    for term in terms[1:]:
+        y = b.node("Add", [y, term])
+    return y
+
+
+def repvgg(stride=1, groups=1, identity=True):
+    def build(b, x):
+        terms = [conv_bn(b, x, 3, stride, groups), conv_bn(b, x, 1, stride, groups, pads=[0] * 4)]
+        if identity:
+            terms.append(b.batchnorm(x, C))
+        return add(b, *terms)
+    return build
+
+
+def mobileone(b, x):
+    terms = [conv_bn(b, x, 3, groups=C) for _ in range(4)]
+    terms.append(conv_bn(b, x, 1, groups=C, pads=[0] * 4))
+    terms.append(b.batchnorm(x, C))
+    return b.node("Sum", terms)
+
+
+def acnet(b, x):
+    return add(b, conv_bn(b, x, 3), conv_bn(b, x, (1, 3), pads=[0, 1, 0, 1]), conv_bn(b, x, (3, 1), pads=[1, 0, 1, 0]))
+
+
+def dbb_padded(b, x):
+    one_then_k = conv_bn(b, conv_bn(b, x, 1, pads=[0] * 4, bn=False), 3)
+    pool = b.batchnorm(b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=1), C)
+    return add(b, conv_bn(b, x, 3), one_then_k, pool, conv_bn(b, x, 1, pads=[0] * 4))
+
+
+def dbb_unpadded(b, x):
+    one_then_k = conv_bn(b, conv_bn(b, x, 1, pads=[0] * 4), 3, pads=[0] * 4)
+    pool = b.batchnorm(b.node("AveragePool", [x], kernel_shape=[3, 3]), C)
+    return add(b, conv_bn(b, x, 3, pads=[0] * 4), one_then_k, pool)
+
+
+def repvit(b, x):
+    return b.batchnorm(add(b, conv_bn(b, x, 3, groups=C), conv_bn(b, x, 1, groups=C, pads=[0] * 4), x), C)
+
+
+def fastvit_repmixer(b, x):
+    mixer = conv_bn(b, x, 3, groups=C)
+    norm = b.batchnorm(x, C)
+    scale = b.const(b.rng.uniform(0.5, 1.5, (C, 1, 1)), "layer_scale")
+    return b.node("Add", [x, b.node("Mul", [scale, b.node("Sub", [mixer, norm])])])
+
+
+def ppyoloe_alpha(b, x):
+    alpha = b.const([0.7], "alpha")
+    return b.node("Identity", [add(b, conv_bn(b, x, 3), b.node("Mul", [alpha, conv_bn(b, x, 1, pads=[0] * 4)]))])
+
+
+def large_kernel(b, x):
+    return add(b, conv_bn(b, x, 7, groups=C), conv_bn(b, x, 3, groups=C))
+
+
+def dilated(b, x):
+    return add(b, conv_bn(b, x, 3, dilation=2), conv_bn(b, x, 1, pads=[0] * 4), x)
+
+
+BLOCKS = {
+    "repvgg": (repvgg(), {"Conv": 1, "Relu": 1}),
+    "repvgg-stride2": (repvgg(stride=2, identity=False), {"Conv": 1, "Relu": 1}),
+    "repvgg-g2": (repvgg(groups=2), {"Conv": 1, "Relu": 1}),
+    "repvgg-g4": (repvgg(groups=4), {"Conv": 1, "Relu": 1}),
+    "repvgg-depthwise": (repvgg(groups=C), {"Conv": 1, "Relu": 1}),
+    "mobileone": (mobileone, {"Conv": 1, "Relu": 1}),
+    "acnet": (acnet, {"Conv": 1, "Relu": 1}),
+    "dbb-padded": (dbb_padded, {"Conv": 1, "Relu": 1}),
+    "dbb-unpadded": (dbb_unpadded, {"Conv": 1, "Relu": 1}),
+    "repvit-post-sum-bn": (repvit, {"Conv": 1, "Relu": 1}),
+    "fastvit-repmixer": (fastvit_repmixer, {"Conv": 1, "Relu": 1}),
+    "ppyoloe-alpha": (ppyoloe_alpha, {"Conv": 1, "Identity": 1, "Relu": 1}),
+    "7x7+3x3": (large_kernel, {"Conv": 1, "Relu": 1}),
+    "dilated": (dilated, {"Conv": 1, "Relu": 1}),
+}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_merges_into_its_deploy_form(name, seed):
+    build, deploy_ops = BLOCKS[name]
+    model = block_model(build, seed=seed)
+    result, report = optimize(model)
+    assert op_counts(result) == deploy_ops, report.refused
+    assert report.passes["merge_branches"].rewrites >= 1
+    assert_same_function(model, result)
+
+
+def test_branches_computed_in_float16_keep_their_dtype():
+    b = ModelBuilder(np.float16, seed=3)
+    x = b.input([1, C, 6, 6])
+    b.output(add(b, conv_bn(b, x, 3), conv_bn(b, x, 1, pads=[0] * 4), x))
+    model = b.model()
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1}
+    assert_same_function(model, result, dtype=np.float16)
+
+
+def test_blocks_in_sequence_all_merge():
+    def two_blocks(b, x):
+        return repvgg()(b, b.node("Relu", [repvgg()(b, x)]))
+    model = block_model(two_blocks)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 2, "Relu": 2}
+    assert_same_function(model, result)
+
+
+# ---- negative twins: each breaks one condition, and the graph comes out unchanged -----------
+
+def refuse(build, reason, size=7, **options):
+    assert_unchanged(block_model(build, size=size), reason, passes=["merge_branches"], **options)
+
+
+def test_refuse_a_nonlinearity_in_a_branch():
+    refuse(lambda b, x: add(b, conv(b, x, C, C), b.node("Relu", [conv(b, x, C, C, k=1)])), "is not linear")
+
+
+def test_refuse_an_intermediate_with_another_reader():
+    def build(b, x):
+        side = conv(b, x, C, C, k=1)
+        b.output(side)
+        return add(b, conv(b, x, C, C), side)
+    refuse(build, "graph output")
+
+
+def test_refuse_an_intermediate_read_twice():
+    def build(b, x):
+        side = conv(b, x, C, C, k=1)
+        return b.node("Mul", [add(b, conv(b, x, C, C), side), side])
+    refuse(build, "readers")
+
+
+def test_refuse_non_constant_weights():
+    def build(b, x):
+        w = b.input([C, C, 3, 3], name="w")
+        return add(b, b.node("Conv", [x, w], pads=[1] * 4), conv(b, x, C, C, k=1))
+    refuse(build, "not a constant")
+
+
+def test_refuse_different_strides():
+    refuse(lambda b, x: add(b, conv(b, x, C, C, strides=[2, 2], pads=[1, 1, 0, 0]), conv(b, x, C, C, k=1, strides=[1, 1])),
+           "different strides", size=4)
+
+
+def test_merge_kernels_that_are_not_centred_but_line_up():
+    model = block_model(lambda b, x: add(b, conv(b, x, C, C, pads=[0, 0, 2, 2]), conv(b, x, C, C, k=1)))
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Relu": 1}
+    assert_same_function(model, result)
+
+
+def test_refuse_kernel_centres_between_dilated_taps():
+    refuse(lambda b, x: add(b, conv(b, x, C, C, dilations=[2, 2], pads=[1, 1, 3, 3]), conv(b, x, C, C, k=1)),
+           "centres do not line up")
+
+
+def test_refuse_outputs_of_different_sizes():
+    refuse(lambda b, x: add(b, conv(b, x, C, C, pads=[0] * 4), conv(b, x, C, C, k=1)), "do not line up")
+
+
+def test_refuse_different_groups():
+    refuse(lambda b, x: add(b, conv(b, x, C, C, groups=2), conv(b, x, C, C, k=1, groups=4)), "different groups")
+
+
+def test_refuse_different_dilations():
+    refuse(lambda b, x: add(b, conv(b, x, C, C, dilations=[2, 2], pads=[2] * 4), conv(b, x, C, C, pads=[1] * 4)),
+           "different dilations")
+
+
+def test_refuse_a_merge_that_costs_more():
+    def build(b, x):
+        pool = b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=1)
+        return add(b, conv(b, x, C, C, k=1), pool)
+    refuse(build, "more work")
+
+
+def test_refuse_pool_that_excludes_padding():
+    def build(b, x):
+        pool = b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1] * 4)
+        return add(b, conv(b, x, C, C), pool)
+    refuse(build, "count_include_pad=0")
+
+
+def test_refuse_biased_1x1_before_padded_kxk():
+    refuse(lambda b, x: add(b, conv(b, conv(b, x, C, C, k=1), C, C), conv(b, x, C, C)), "does not compose exactly")
+
+
+def test_refuse_branches_of_different_inputs():
+    def build(b, x):
+        other = b.input([2, C, 7, 7], name="other")
+        return add(b, conv(b, x, C, C), conv(b, other, C, C))
+    refuse(build, "not computed from")
+
+
+def test_refuse_identity_with_stride_2():
+    refuse(lambda b, x: add(b, conv(b, x, C, C, strides=[2, 2], pads=[1, 1, 1, 1]), x), "different strides", size=3)
