@@ -149,6 +149,7 @@ class GraphView:
         self.vanished: set[str] = set()
         self.new_initializers: list[onnx.TensorProto] = []
         self.new_constant_nodes: list[onnx.NodeProto] = []
+        self.placed_after: dict[int, list[int]] = {}
         self.changed = False
         self._constants: dict[str, np.ndarray | None] = {}
         self._value_info = None
@@ -316,6 +317,24 @@ class GraphView:
         self.vanished.difference_update(new_node.output)
         self.changed = True
 
+    def replace_with_nodes(self, index: int, new_nodes: list):
+        """Put several nodes, in order, where node `index` stands."""
+        self.replace_node(index, new_nodes[0])
+        for node in new_nodes[1:]:
+            self.nodes.append(node)
+            self._index(len(self.nodes) - 1, node)
+            self.vanished.difference_update(node.output)
+            self.placed_after.setdefault(index, []).append(len(self.nodes) - 1)
+
+    def add_tensor(self, tensor):
+        """Add an existing TensorProto (its name already unique in the model) as a constant."""
+        if self.is_function:
+            self.new_constant_nodes.append(helper.make_node("Constant", [], [tensor.name], value=tensor,
+                                                            name=self.names.fresh(tensor.name + "_const")))
+        else:
+            self.new_initializers.append(tensor)
+        self.changed = True
+
     def take_output(self, index: int, name: str):
         """Make node `index` compute `name` (whose producer was just removed) as its output 0."""
         node = self.nodes[index]
@@ -333,6 +352,10 @@ class GraphView:
         self.changed = True
 
     # ---- commit ------------------------------------------------------------------------
+    @property
+    def placed_by_insert(self) -> set:
+        return {i for placed in self.placed_after.values() for i in placed}
+
     def _unused(self, name: str) -> bool:
         return not self.consumers.get(name) and name not in self.outputs
 
@@ -359,7 +382,13 @@ class GraphView:
         # constants made in this round and already replaced by a later fold
         self.new_initializers = [t for t in self.new_initializers if not self._unused(t.name)]
         self.new_constant_nodes = [n for n in self.new_constant_nodes if not self._unused(n.output[0])]
-        kept = self.new_constant_nodes + [n for i, n in enumerate(self.nodes) if i not in self.removed]
+        order = []
+        for i in range(len(self.nodes)):
+            if i in self.placed_by_insert:
+                continue
+            order.append(i)
+            order.extend(self.placed_after.get(i, ()))
+        kept = self.new_constant_nodes + [self.nodes[i] for i in order if i not in self.removed]
         del self.container.node[:]
         self.container.node.extend(kept)
         if self.is_function:

@@ -10,6 +10,13 @@ import onnx
 from .graph import subgraphs_of
 
 
+def _size(dims) -> int:
+    count = 1
+    for dim in dims:
+        count *= dim
+    return count
+
+
 @dataclass
 class PassStats:
     name: str
@@ -38,13 +45,11 @@ class ModelStats:
 
         def visit(graph):
             nonlocal parameters
-            for tensor in graph.initializer:
-                count = 1
-                for dim in tensor.dims:
-                    count *= dim
-                parameters += count
+            parameters += sum(_size(tensor.dims) for tensor in graph.initializer)
             for node in graph.node:
                 ops[node.op_type] += 1
+                if node.op_type == "Constant":
+                    parameters += sum(_size(a.t.dims) for a in node.attribute if a.name == "value")
                 for sub in subgraphs_of(node):
                     visit(sub)
 

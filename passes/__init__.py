@@ -4,9 +4,11 @@ from .bn_conv import BatchNormConv
 from .conv_affine import ConvAffine
 from .conv_bn import ConvBatchNorm
 from .gemm_bn import GemmBatchNorm
+from .inline_if import InlineConstantIf
 from .merge_branches import MergeBranches
 
 DEFAULT_PASSES = (
+    InlineConstantIf(),
     ConvBatchNorm(),
     ConvAffine(),
     MergeBranches(),
@@ -14,4 +16,5 @@ DEFAULT_PASSES = (
     BatchNormConv(),
 )
 
-__all__ = ["DEFAULT_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm", "BatchNormConv", "MergeBranches"]
+__all__ = ["DEFAULT_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm", "BatchNormConv", "MergeBranches",
+           "InlineConstantIf"]
