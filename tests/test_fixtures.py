@@ -71,3 +71,16 @@ def test_fixture_folds_and_matches_the_framework(name):
     assert ops_after["Transpose"] <= ops_before["Transpose"]
     if affine_after_conv(model):
         assert report.rewrites > 0
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("deploy")))
+def test_train_form_comes_out_no_larger_than_the_frameworks_deploy_form(name):
+    """The framework's own deploy conversion (fuse_conv_bn_eval, switch_to_deploy,
+    convert_to_deploy), exported: onnx-fuse's result on the train-form export is no larger."""
+    model, inputs, expected = load_fixture(name)
+    deploy, deploy_inputs, deploy_expected = load_fixture(MANIFEST[name]["deploy"])
+    result, _ = optimize(model)
+    ops, deploy_ops = Counter(n.op_type for n in result.graph.node), Counter(n.op_type for n in deploy.graph.node)
+    assert len(result.graph.node) <= len(deploy.graph.node), (ops, deploy_ops)
+    assert ops["Conv"] <= deploy_ops["Conv"]
+    assert_matches_framework(run(result, deploy_inputs), deploy_expected)
