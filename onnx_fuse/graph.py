@@ -8,6 +8,7 @@ applies edits to the protobuf in place: untouched nodes and weights are never de
 from __future__ import annotations
 
 import logging
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -17,6 +18,7 @@ from onnx import helper, numpy_helper
 log = logging.getLogger("onnx_fuse")
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+CACHED_CONSTANT_BYTES = 1 << 20  # larger constants are decoded again when needed, not kept
 
 # Side-effect-free ops whose value is a constant when all their inputs are; evaluated on demand
 # and removed once nothing reads them.
@@ -147,9 +149,11 @@ class GraphView:
         self.removed: set[int] = set()
         self.maybe_unused: set[str] = set()
         self.vanished: set[str] = set()
-        self.new_initializers: list[onnx.TensorProto] = []
+        self.new_initializers: list[str] = []
         self.new_constant_nodes: list[onnx.NodeProto] = []
         self.placed_after: dict[int, list[int]] = {}
+        self.replaced: set[int] = set()
+        self._to_release: list[str] = []
         self.changed = False
         self._constants: dict[str, np.ndarray | None] = {}
         self._value_info = None
@@ -171,7 +175,7 @@ class GraphView:
     def _unindex(self, index, node):
         for name in self._reads(node):
             self.consumers[name].remove(index)
-            self.maybe_unused.add(name)
+            self._became_unread(name)
         for name in node.output:
             if name and self.producer.get(name) == index:
                 del self.producer[name]
@@ -204,9 +208,33 @@ class GraphView:
         """The value of `name` if it is a constant of this scope, else None."""
         if not name:
             return None
-        if name not in self._constants:
-            self._constants[name] = self._compute_constant(name)
-        return self._constants[name]
+        if name in self._constants:
+            return self._constants[name]
+        value = self._compute_constant(name)
+        if value is None or value.nbytes <= CACHED_CONSTANT_BYTES:
+            self._constants[name] = value
+        return value
+
+    def constant_type(self, name: str) -> tuple[tuple, np.dtype] | None:
+        """(shape, dtype) of a constant, read from an initializer without decoding it."""
+        if name in self.initializers and not self.is_overridable(name):
+            tensor = self.initializers[name]
+            return tuple(tensor.dims), helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        value = self.constant(name)
+        return None if value is None else (value.shape, value.dtype)
+
+    def is_constant(self, name: str) -> bool:
+        """Whether `name` is a constant, without decoding large initializers."""
+        if not name:
+            return False
+        if name in self._constants:
+            return self._constants[name] is not None
+        if name in self.initializers:
+            return not self.is_overridable(name)
+        index = self.producer.get(name)
+        if index is None and (name in self.inputs or self.parent is None):
+            return False
+        return self.constant(name) is not None
 
     def _compute_constant(self, name):
         if name in self.initializers:
@@ -277,13 +305,22 @@ class GraphView:
     def add_constant(self, values: np.ndarray, hint: str) -> str:
         """A new constant tensor with a fresh name: an initializer, or a Constant node in a function."""
         name = self.names.fresh(hint)
-        tensor = numpy_helper.from_array(np.asarray(values), name)
+        values = np.asarray(values)
         if self.is_function:
+            tensor = numpy_helper.from_array(values, name)
             self.new_constant_nodes.append(helper.make_node("Constant", [], [name], value=tensor,
                                                             name=self.names.fresh(name + "_const")))
         else:
-            self.new_initializers.append(tensor)
-        self._constants[name] = np.asarray(values)
+            # written straight into the graph: no intermediate TensorProto to copy
+            tensor = self.container.initializer.add()
+            tensor.name = name
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
+            tensor.dims.extend(values.shape)
+            tensor.raw_data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
+            self.initializers[name] = tensor
+            self.new_initializers.append(name)
+        if values.nbytes <= CACHED_CONSTANT_BYTES:
+            self._constants[name] = values
         self.changed = True
         return name
 
@@ -294,7 +331,7 @@ class GraphView:
         old = node.input[slot]
         if old:
             self.consumers[old].remove(index)
-            self.maybe_unused.add(old)
+            self._became_unread(old)
         node.input[slot] = name
         if name:
             self.consumers[name].append(index)
@@ -313,6 +350,7 @@ class GraphView:
         self._unindex(index, old)
         self.vanished.update(name for name in old.output if name)
         self.nodes[index] = new_node
+        self.replaced.add(index)
         self._index(index, new_node)
         self.vanished.difference_update(new_node.output)
         self.changed = True
@@ -332,8 +370,14 @@ class GraphView:
             self.new_constant_nodes.append(helper.make_node("Constant", [], [tensor.name], value=tensor,
                                                             name=self.names.fresh(tensor.name + "_const")))
         else:
-            self.new_initializers.append(tensor)
+            self.container.initializer.add().CopyFrom(tensor)
+            self.initializers[tensor.name] = self.container.initializer[-1]
+            self.new_initializers.append(tensor.name)
         self.changed = True
+
+    @property
+    def placed_by_insert(self) -> set:
+        return {i for placed in self.placed_after.values() for i in placed}
 
     def take_output(self, index: int, name: str):
         """Make node `index` compute `name` (whose producer was just removed) as its output 0."""
@@ -351,11 +395,28 @@ class GraphView:
         self.maybe_unused.update(self.initializers)
         self.changed = True
 
-    # ---- commit ------------------------------------------------------------------------
-    @property
-    def placed_by_insert(self) -> set:
-        return {i for placed in self.placed_after.values() for i in placed}
+    def _removable_initializer(self, name: str) -> bool:
+        return (name in self.initializers and self._unused(name)
+                and (name not in self.inputs or self.initializers_are_inputs))
 
+    def _became_unread(self, name: str):
+        self.maybe_unused.add(name)
+        self._to_release.append(name)
+
+    def release_unused(self):
+        """Free the data of initializers nothing reads any more (they go at the next commit), so
+        that a large model does not hold old and folded weights at once."""
+        for name in self._to_release:
+            if self._removable_initializer(name) and self.producer.get(name) is None:
+                self.initializers[name].ClearField("raw_data")
+        self._to_release.clear()
+
+    def sweep(self):
+        """Mark every initializer for the unused check at the next commit (after subgraph edits)."""
+        self.maybe_unused.update(self.initializers)
+        self.changed = True
+
+    # ---- commit ------------------------------------------------------------------------
     def _unused(self, name: str) -> bool:
         return not self.consumers.get(name) and name not in self.outputs
 
@@ -363,8 +424,8 @@ class GraphView:
         """Write the edits back: drop what became unused, rebuild the node list. True if changed."""
         if not self.changed:
             return False
-        dead_initializers = set()
-        pending = list(self.maybe_unused)
+        dead = set()
+        pending = list(self.maybe_unused) + list(self.new_initializers)
         while pending:
             name = pending.pop()
             if not self._unused(name):
@@ -377,37 +438,59 @@ class GraphView:
                         and all(self._unused(out) for out in node.output if out)):
                     self.remove_node(index)
                     pending.extend(n for n in node.input if n)
-            elif name in self.initializers and (name not in self.inputs or self.initializers_are_inputs):
-                dead_initializers.add(name)
+            elif self._removable_initializer(name):
+                dead.add(name)
         # constants made in this round and already replaced by a later fold
-        self.new_initializers = [t for t in self.new_initializers if not self._unused(t.name)]
         self.new_constant_nodes = [n for n in self.new_constant_nodes if not self._unused(n.output[0])]
-        order = []
-        for i in range(len(self.nodes)):
-            if i in self.placed_by_insert:
-                continue
-            order.append(i)
-            order.extend(self.placed_after.get(i, ()))
-        kept = self.new_constant_nodes + [self.nodes[i] for i in order if i not in self.removed]
-        del self.container.node[:]
-        self.container.node.extend(kept)
+        self._write_nodes()
         if self.is_function:
             return True
         graph = self.container
-        if dead_initializers:
-            kept_init = [t for t in graph.initializer if t.name not in dead_initializers]
-            del graph.initializer[:]
-            graph.initializer.extend(kept_init)
-        graph.initializer.extend(self.new_initializers)
+        if dead:
+            prune(graph.initializer, lambda t: t.name not in dead)
         if self.initializers_are_inputs:
-            listed_inputs = [vi for vi in graph.input if vi.name not in dead_initializers]
-            listed_inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                              for t in self.new_initializers]
+            listed_inputs = [vi for vi in graph.input if vi.name not in dead]
+            listed_inputs += [helper.make_tensor_value_info(n, self.initializers[n].data_type,
+                                                            list(self.initializers[n].dims))
+                              for n in self.new_initializers if n not in dead]
             del graph.input[:]
             graph.input.extend(listed_inputs)
         vanished = self.vanished - set(self.producer)
         if vanished:
-            kept_info = [vi for vi in graph.value_info if vi.name not in vanished]
-            del graph.value_info[:]
-            graph.value_info.extend(kept_info)
+            prune(graph.value_info, lambda vi: vi.name not in vanished)
         return True
+
+    def _write_nodes(self):
+        nodes = self.container.node
+        if self.placed_after or self.new_constant_nodes:
+            order = []
+            for i in range(len(self.nodes)):
+                if i in self.placed_by_insert:
+                    continue
+                order.append(i)
+                order.extend(self.placed_after.get(i, ()))
+            kept = self.new_constant_nodes + [self.nodes[i] for i in order if i not in self.removed]
+            del nodes[:]
+            nodes.extend(kept)
+            return
+        # same positions: copy in the replaced nodes, then drop the removed ones
+        for i in self.replaced - self.removed:
+            nodes[i].CopyFrom(self.nodes[i])
+        removed = self.removed
+        prune(nodes, lambda _node, i: i not in removed, with_index=True)
+
+
+def prune(repeated, keep, with_index: bool = False):
+    """Delete the items of a repeated protobuf field that `keep` rejects, without copying the rest
+    when only a few go (each deletion shifts pointers; many deletions rebuild the field)."""
+    doomed = [i for i, item in enumerate(repeated) if not (keep(item, i) if with_index else keep(item))]
+    if not doomed:
+        return
+    if len(doomed) * len(repeated) <= 4_000_000:
+        for i in reversed(doomed):
+            del repeated[i]
+        return
+    doomed_set = set(doomed)
+    kept = [item for i, item in enumerate(repeated) if i not in doomed_set]
+    del repeated[:]
+    repeated.extend(kept)

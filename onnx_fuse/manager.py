@@ -100,6 +100,7 @@ class PassManager:
             if isinstance(plan, Refusal):
                 refusals[(rule.name, label)] = plan.reason
                 continue
+            view.release_unused()
             self.report.count(rule.name)
             log.debug("%s: rewrote at %s (%s)", rule.name, label, where)
             changed = True

@@ -43,7 +43,7 @@ class BatchNormConv(Pass):
         if affine.op_type == "BatchNormalization":
             x = affine.input[0]
         else:
-            variable = [name for name in affine.input if view.constant(name) is None]
+            variable = [name for name in affine.input if not view.is_constant(name)]
             if len(variable) != 1:
                 return None
             x = variable[0]

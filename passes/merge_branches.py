@@ -107,7 +107,7 @@ class MergeBranches(Pass):
 
     def match(self, view: GraphView, index: int):
         node = view.node(index)
-        if sum(1 for name in node.input if name and view.constant(name) is None) < 2:
+        if sum(1 for name in node.input if name and not view.is_constant(name)) < 2:
             return None
         roots, seen, frontier, depth = {}, set(), [n for n in node.input if n], 0
         while frontier:
@@ -123,7 +123,7 @@ class MergeBranches(Pass):
                     continue
                 if step.op_type in ("Conv", "AveragePool"):
                     roots[step.input[0]] = max(depth, roots.get(step.input[0], 0))
-                following += [n for n in step.input if n and view.constant(n) is None]
+                following += [n for n in step.input if n and not view.is_constant(n)]
             frontier = following
         if not roots:
             return None
@@ -140,12 +140,13 @@ class MergeBranches(Pass):
 
     def _against(self, view: GraphView, match: BranchSum, root: str):
         readers = [i for i in view.consumers.get(root, ()) if is_op(view.node(i), "Conv")]
-        weights = [(i, view.constant(view.node(i).input[1])) for i in readers if len(view.node(i).input) > 1]
-        reader, weight = next(((i, w) for i, w in weights if w is not None and w.ndim >= 3), (None, None))
+        weights = [(i, view.constant_type(view.node(i).input[1])) for i in readers if len(view.node(i).input) > 1]
+        reader, (shape, dtype) = next(((i, t) for i, t in weights if t is not None and len(t[0]) >= 3),
+                                      (None, (None, None)))
         if reader is None:
             return Refusal(f"no Conv with a constant weight reads '{root}'")
         groups = int(attributes(view.node(reader)).get("group", 1))
-        branches = Branches(root, weight.shape[1] * groups, weight.ndim - 2, weight.dtype)
+        branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype)
         merged = self._express(view, view.node(match.anchor).output[0], branches, top=True)
         if isinstance(merged, Refusal):
             return merged
@@ -208,7 +209,7 @@ class MergeBranches(Pass):
             return ab if isinstance(ab, Refusal) else fold.affine_after_map(inner, *ab)
         if op == "Transpose":
             return self._layout_branch(view, node, br)
-        variables = [n for n in node.input if n and view.constant(n) is None]
+        variables = [n for n in node.input if n and not view.is_constant(n)]
         if len(variables) == 1 and len(node.input) == 2:
             inner = self._express(view, variables[0], br)
             if isinstance(inner, Refusal):
@@ -247,7 +248,7 @@ class MergeBranches(Pass):
             if step.op_type == "Identity":
                 name = step.input[0]
                 continue
-            variables = [n for n in step.input if view.constant(n) is None]
+            variables = [n for n in step.input if not view.is_constant(n)]
             if len(variables) != 1:
                 return Refusal(f"{step.op_type} '{step.name}' does not scale one tensor")
             ab = elementwise_affine(view, step, variables[0], len(perm), br.channels, axis=axis)
