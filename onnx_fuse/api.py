@@ -41,6 +41,7 @@ def optimize_with_report(model, passes=None, skip=(), *, verify: bool = False,
     selected = select_passes(passes, skip)
     started = time.perf_counter()
     result = io.load(model)
+    io.check_input(result, model if isinstance(model, (str, Path)) else "the model")
     original = None
     if verify:
         original = onnx.ModelProto()

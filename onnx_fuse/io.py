@@ -56,11 +56,67 @@ def load_path(path: Path) -> onnx.ModelProto:
     except DecodeError as error:
         raise InputError(f"{path}: not an ONNX model, the file does not parse ({error})") from None
     _check_model(model, str(path))
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError, onnx.checker.ValidationError) as error:
-        raise InputError(f"{path}: cannot read its external data ({error})") from None
+    load_external_data(model, path)
     return model
+
+
+def external_tensors(model: onnx.ModelProto):
+    """Every tensor of the model (graphs, subgraphs, Constant nodes) whose data lies in a file."""
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def load_external_data(model: onnx.ModelProto, path: Path):
+    """Read external data, refusing any location outside the model's folder (never read it)."""
+    folder = path.resolve().parent
+    for tensor in external_tensors(model):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or folder not in target.parents:
+            raise InputError(f"{path}: tensor '{tensor.name}' points to external data at {location!r}, "
+                             f"outside the model's folder; refusing to read it")
+        if not target.is_file():
+            raise InputError(f"{path}: external data file {location!r} of tensor '{tensor.name}' is missing; "
+                             f"keep it beside the model")
+        try:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+        except (OSError, ValueError) as error:
+            raise InputError(f"{path}: cannot read external data {location!r} ({error})") from None
+
+
+def check_input(model: onnx.ModelProto, what: str):
+    """Refuse what cannot be optimized safely: an opset this onnx does not know, and graphs that
+    read names nothing defines or define a name twice (what onnx.checker calls invalid)."""
+    known = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > known:
+            raise InputError(f"{what}: uses opset {entry.version}, newer than the installed onnx "
+                             f"{onnx.__version__} knows ({known}); upgrade onnx")
+    _check_graph(model.graph, set(), what)
+
+
+def _check_graph(graph, outer: set, what: str):
+    local = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    local.update(vi.name for vi in graph.input)
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in local and name not in outer:
+                raise InputError(f"{what}: node '{node.name or node.op_type}' reads '{name}', which no input, "
+                                 f"initializer or earlier node defines")
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _check_graph(sub, outer | local, what)
+        for name in node.output:
+            if not name:
+                continue
+            if name in local:
+                raise InputError(f"{what}: the name '{name}' is defined twice")
+            local.add(name)
+    for vi in graph.output:
+        if vi.name not in local and vi.name not in outer:
+            raise InputError(f"{what}: graph output '{vi.name}' is not computed by the graph")
 
 
 def save(model: onnx.ModelProto, path, *, overwrite_ok: bool = True) -> None:
@@ -69,15 +125,22 @@ def save(model: onnx.ModelProto, path, *, overwrite_ok: bool = True) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{path}: the output folder {folder} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name for the output")
     data = model.SerializeToString()
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write in {folder} ({error.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise InputError(f"{path}: cannot write ({error.strerror})") from None
         raise
