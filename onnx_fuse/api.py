@@ -24,38 +24,93 @@ def list_passes() -> list[tuple[str, str]]:
 
 
 def select_passes(passes=None, skip=()):
-    """The default passes, or those named in `passes`, minus those named in `skip`."""
+    """The default passes, or those named in `passes` (names or Pass objects), minus `skip`."""
     known = {p.name: p for p in _all_passes()}
     wanted = list(known) if passes is None else [passes] if isinstance(passes, str) else list(passes)
     skip = [skip] if isinstance(skip, str) else list(skip)
-    unknown = [name for name in wanted + skip if name not in known]
+    unknown = [name for name in wanted + skip if isinstance(name, str) and name not in known]
     if unknown:
         raise ValueError(f"unknown pass {', '.join(map(repr, unknown))}; known passes: {', '.join(known)}")
-    return [known[name] for name in wanted if name not in skip]
+    chosen = [known[p] if isinstance(p, str) else p for p in wanted]
+    return [p for p in chosen if p.name not in skip]
 
 
-def optimize_with_report(model, passes=None, skip=(), *, verify: bool = False,
-                         input_shapes: dict | None = None,
-                         fold_overridable_initializers: bool = False) -> tuple[onnx.ModelProto, Report]:
-    """Like `optimize`, and also return the Report of what was done."""
-    selected = select_passes(passes, skip)
-    started = time.perf_counter()
-    result = io.load(model)
-    io.check_input(result, model if isinstance(model, (str, Path)) else "the model")
-    original = None
-    if verify:
-        original = onnx.ModelProto()
-        original.CopyFrom(result)
+def _run(model: onnx.ModelProto, passes, fold_overridable, deny=frozenset(), copy=True):
+    """Run the passes on `model` (on a copy of it, unless copy=False)."""
+    result = model
+    if copy:
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
     report = Report()
     report.before = ModelStats.of(result)
-    PassManager(selected, report, fold_overridable_initializers).run(result)
+    PassManager(passes, report, fold_overridable, deny).run(result)
     report.after = ModelStats.of(result)
-    if verify:
-        from .verify import compare
+    return result, report
 
-        report.verification = compare(original, result, shapes=input_shapes)
+
+def optimize_with_report(model, passes=None, skip=(), *, verify=False,
+                         input_shapes: dict | None = None,
+                         fold_overridable_initializers: bool = False) -> tuple[onnx.ModelProto, Report]:
+    """Like `optimize`, and also return the Report of what was done.
+
+    verify=True compares the result with the original in onnxruntime and raises
+    VerificationError on a mismatch; verify="bisect" instead finds the rewrites that changed the
+    outputs, takes back only those (report.undone) and returns the rest.
+    """
+    if verify not in (False, True, "bisect"):
+        raise ValueError(f"verify is True, False or 'bisect', not {verify!r}")
+    selected = select_passes(passes, skip)
+    started = time.perf_counter()
+    source = io.load(model)
+    io.check_input(source, model if isinstance(model, (str, Path)) else "the model")
+    if not verify:
+        # the loaded model is ours to change: io.load copies a caller's ModelProto
+        result, report = _run(source, selected, fold_overridable_initializers, copy=False)
+        report.seconds = time.perf_counter() - started
+        return result, report
+    from .verify import VerificationError, compare
+
+    result, report = _run(source, selected, fold_overridable_initializers)
+    try:
+        report.verification = compare(source, result, shapes=input_shapes)
+    except VerificationError:
+        if verify != "bisect":
+            raise
+        culprits = bisect(source, selected, fold_overridable_initializers, report.rewritten, input_shapes)
+        result, report = _run(source, selected, fold_overridable_initializers, frozenset(culprits))
+        report.undone = culprits
+        report.verification = compare(source, result, shapes=input_shapes)
     report.seconds = time.perf_counter() - started
     return result, report
+
+
+def bisect(source, passes, fold_overridable, rewrites, input_shapes):
+    """The rewrites whose removal makes the result match the original, found one at a time by
+    binary search over the order in which they were made."""
+    from .verify import VerificationError, compare
+
+    def matches(deny):
+        result, _ = _run(source, passes, fold_overridable, frozenset(deny))
+        try:
+            compare(source, result, shapes=input_shapes)
+        except VerificationError:
+            return False
+        return True
+
+    culprits = []
+    while not matches(culprits):
+        enabled = [r for r in rewrites if r not in culprits]
+        if not enabled:
+            break
+        low, high = 1, len(enabled)  # the shortest prefix of enabled rewrites that breaks the outputs
+        while low < high:
+            middle = (low + high) // 2
+            if matches(culprits + enabled[middle:]):
+                low = middle + 1
+            else:
+                high = middle
+        culprits.append(enabled[low - 1])
+    return culprits
 
 
 def optimize(model, passes=None, skip=(), **options) -> onnx.ModelProto:

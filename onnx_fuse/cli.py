@@ -26,6 +26,7 @@ EPILOG = """\
 examples:
   onnx-fuse model.onnx -o model.fused.onnx          fold everything that folds exactly
   onnx-fuse model.onnx -o out.onnx --verify         also compare both in onnxruntime
+  onnx-fuse model.onnx -o out.onnx --verify=bisect  and undo any rewrite that changed the outputs
   onnx-fuse models/*.onnx -o fused/                 several models into a folder
   onnx-fuse model.onnx -o out.onnx -v               list every refused match and why
   onnx-fuse --list-passes                           what each pass does
@@ -45,8 +46,10 @@ def parse_args(argv):
     parser.add_argument("--passes", metavar="A,B", help="run only these passes (see --list-passes)")
     parser.add_argument("--skip", metavar="A,B", default="", help="run all passes but these")
     parser.add_argument("--list-passes", action="store_true", help="list the passes and exit")
-    parser.add_argument("--verify", action="store_true",
-                        help="run original and result in onnxruntime on random inputs; on a mismatch write nothing")
+    parser.add_argument("--verify", nargs="?", const="check", choices=["check", "bisect"],
+                        help="run original and result in onnxruntime on random inputs; on a mismatch write "
+                             "nothing (--verify) or find the rewrites responsible, undo only those and write "
+                             "the rest (--verify=bisect)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
                         help="shape of an input with dynamic dimensions, for --verify (repeatable)")
     parser.add_argument("--fold-overridable-initializers", action="store_true",
@@ -115,7 +118,8 @@ def main(argv=None) -> int:
     try:
         sources, destinations, many = _jobs(args.inputs, args.output, parser)
         options = dict(passes=_names(args.passes) if args.passes else None, skip=_names(args.skip),
-                       verify=args.verify, input_shapes=_shapes(args.input_shape),
+                       verify={None: False, "check": True, "bisect": "bisect"}[args.verify],
+                       input_shapes=_shapes(args.input_shape),
                        fold_overridable_initializers=args.fold_overridable_initializers,
                        inplace=args.inplace)
         from .api import select_passes
@@ -160,4 +164,7 @@ def _one(source: Path, destination: Path, options: dict, args):
         print(report.summary())
         if args.verbose:
             _print_refusals(report)
+    for pass_name, where, node in report.undone:
+        print(f"onnx-fuse: warning: {source}: undid {pass_name} at {node} ({where}): it changed the outputs",
+              file=sys.stderr)
     return EXIT_OK, report

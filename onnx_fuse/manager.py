@@ -27,10 +27,11 @@ def default_opset(opset_imports) -> int:
 
 
 class PassManager:
-    def __init__(self, passes, report: Report, fold_overridable: bool = False):
+    def __init__(self, passes, report: Report, fold_overridable: bool = False, deny=frozenset()):
         self.passes = list(passes)
         self.report = report
         self.fold_overridable = fold_overridable
+        self.deny = deny  # (pass, where, node) of rewrites not to make
         self.names: NameScope | None = None
 
     def run(self, model: onnx.ModelProto) -> bool:
@@ -91,6 +92,10 @@ class PassManager:
             if match is None:
                 continue
             label = node.name or node.output[0]
+            key = (rule.name, where, label)
+            if key in self.deny:
+                refusals[(rule.name, label)] = "undone: this rewrite changed the outputs (--verify=bisect)"
+                continue
             plan = rule.check(view, match)
             if not isinstance(plan, Refusal):
                 try:
@@ -102,6 +107,7 @@ class PassManager:
                 continue
             view.release_unused()
             self.report.count(rule.name)
+            self.report.rewritten.append(key)
             log.debug("%s: rewrote at %s (%s)", rule.name, label, where)
             changed = True
         return changed

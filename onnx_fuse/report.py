@@ -64,6 +64,8 @@ class ModelStats:
 class Report:
     passes: dict[str, PassStats] = field(default_factory=dict)
     refused: list[RefusedMatch] = field(default_factory=list)
+    rewritten: list[tuple] = field(default_factory=list)  # (pass, where, node), in order
+    undone: list[tuple] = field(default_factory=list)  # rewrites --verify=bisect took back
     before: ModelStats | None = None
     after: ModelStats | None = None
     seconds: float = 0.0
@@ -97,6 +99,7 @@ class Report:
             "before": stats(self.before),
             "after": stats(self.after),
             "refused": [vars(r) for r in self.refused],
+            "undone": [{"pass": p, "where": w, "node": n} for p, w, n in self.undone],
             "verification": self.verification,
         }
 
@@ -119,6 +122,8 @@ class Report:
             lines.append("  rewrites: none")
         if self.refused:
             lines.append(f"  refused: {len(self.refused)} matches (-v lists them with reasons)")
+        for pass_name, where, node in self.undone:
+            lines.append(f"  undone: {pass_name} at {node} ({where}) changed the outputs; left as it was")
         if self.verification:
             v = self.verification
             lines.append(f"  verified: max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}")
