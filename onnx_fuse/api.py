@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -35,21 +36,86 @@ def select_passes(passes=None, skip=()):
     return [p for p in chosen if p.name not in skip]
 
 
-def _run(model: onnx.ModelProto, passes, fold_overridable, deny=frozenset(), copy=True):
-    """Run the passes on `model` (on a copy of it, unless copy=False)."""
-    result = model
-    if copy:
-        result = onnx.ModelProto()
-        result.CopyFrom(model)
-    report = Report()
-    report.before = ModelStats.of(result)
-    PassManager(passes, report, fold_overridable, deny).run(result)
-    report.after = ModelStats.of(result)
-    return result, report
+@dataclass
+class _Job:
+    """One model to optimize: the passes, the options, and where its external data lies."""
+
+    source: onnx.ModelProto
+    passes: list
+    fold_overridable: bool = False
+    input_shapes: dict | None = None
+    external: io.ExternalData | None = None
+
+    def run(self, deny=frozenset(), copy=True):
+        """Run the passes on the source (on a copy of it, unless copy=False)."""
+        result = self.source
+        if copy:
+            result = onnx.ModelProto()
+            result.CopyFrom(self.source)
+        report = Report()
+        report.before = ModelStats.of(result)
+        PassManager(self.passes, report, self.fold_overridable, deny, self.external).run(result)
+        report.after = ModelStats.of(result)
+        return result, report
+
+    def compare(self, result) -> dict:
+        from .verify import compare
+
+        folder = self.external.source_folder if self.external is not None else None
+        return compare(self.source, result, shapes=self.input_shapes, external_folder=folder)
+
+    def matches(self, deny) -> bool:
+        from .verify import VerificationError
+
+        try:
+            self.compare(self.run(frozenset(deny))[0])
+        except VerificationError:
+            return False
+        return True
+
+    def optimize(self, verify) -> tuple[onnx.ModelProto, Report]:
+        if verify not in (False, True, "bisect"):
+            raise ValueError(f"verify is True, False or 'bisect', not {verify!r}")
+        started = time.perf_counter()
+        if not verify:
+            # the loaded model is ours to change: io.load copies a caller's ModelProto
+            result, report = self.run(copy=False)
+        else:
+            from .verify import VerificationError
+
+            result, report = self.run()
+            try:
+                report.verification = self.compare(result)
+            except VerificationError:
+                if verify != "bisect":
+                    raise
+                culprits = self.bisect(report.rewritten)
+                result, report = self.run(frozenset(culprits))
+                report.undone = culprits
+                report.verification = self.compare(result)
+        report.seconds = time.perf_counter() - started
+        return result, report
+
+    def bisect(self, rewrites) -> list:
+        """The rewrites whose removal makes the result match the original, found one at a time
+        by binary search over the order in which they were made."""
+        culprits = []
+        while not self.matches(culprits):
+            enabled = [r for r in rewrites if r not in culprits]
+            if not enabled:
+                break
+            low, high = 1, len(enabled)  # the shortest prefix of enabled rewrites that breaks the outputs
+            while low < high:
+                middle = (low + high) // 2
+                if self.matches(culprits + enabled[middle:]):
+                    low = middle + 1
+                else:
+                    high = middle
+            culprits.append(enabled[low - 1])
+        return culprits
 
 
-def optimize_with_report(model, passes=None, skip=(), *, verify=False,
-                         input_shapes: dict | None = None,
+def optimize_with_report(model, passes=None, skip=(), *, verify=False, input_shapes: dict | None = None,
                          fold_overridable_initializers: bool = False) -> tuple[onnx.ModelProto, Report]:
     """Like `optimize`, and also return the Report of what was done.
 
@@ -57,60 +123,10 @@ def optimize_with_report(model, passes=None, skip=(), *, verify=False,
     VerificationError on a mismatch; verify="bisect" instead finds the rewrites that changed the
     outputs, takes back only those (report.undone) and returns the rest.
     """
-    if verify not in (False, True, "bisect"):
-        raise ValueError(f"verify is True, False or 'bisect', not {verify!r}")
     selected = select_passes(passes, skip)
-    started = time.perf_counter()
     source = io.load(model)
-    io.check_input(source, model if isinstance(model, (str, Path)) else "the model")
-    if not verify:
-        # the loaded model is ours to change: io.load copies a caller's ModelProto
-        result, report = _run(source, selected, fold_overridable_initializers, copy=False)
-        report.seconds = time.perf_counter() - started
-        return result, report
-    from .verify import VerificationError, compare
-
-    result, report = _run(source, selected, fold_overridable_initializers)
-    try:
-        report.verification = compare(source, result, shapes=input_shapes)
-    except VerificationError:
-        if verify != "bisect":
-            raise
-        culprits = bisect(source, selected, fold_overridable_initializers, report.rewritten, input_shapes)
-        result, report = _run(source, selected, fold_overridable_initializers, frozenset(culprits))
-        report.undone = culprits
-        report.verification = compare(source, result, shapes=input_shapes)
-    report.seconds = time.perf_counter() - started
-    return result, report
-
-
-def bisect(source, passes, fold_overridable, rewrites, input_shapes):
-    """The rewrites whose removal makes the result match the original, found one at a time by
-    binary search over the order in which they were made."""
-    from .verify import VerificationError, compare
-
-    def matches(deny):
-        result, _ = _run(source, passes, fold_overridable, frozenset(deny))
-        try:
-            compare(source, result, shapes=input_shapes)
-        except VerificationError:
-            return False
-        return True
-
-    culprits = []
-    while not matches(culprits):
-        enabled = [r for r in rewrites if r not in culprits]
-        if not enabled:
-            break
-        low, high = 1, len(enabled)  # the shortest prefix of enabled rewrites that breaks the outputs
-        while low < high:
-            middle = (low + high) // 2
-            if matches(culprits + enabled[middle:]):
-                low = middle + 1
-            else:
-                high = middle
-        culprits.append(enabled[low - 1])
-    return culprits
+    io.check_input(source, str(model) if isinstance(model, (str, Path)) else "the model")
+    return _Job(source, selected, fold_overridable_initializers, input_shapes).optimize(verify)
 
 
 def optimize(model, passes=None, skip=(), **options) -> onnx.ModelProto:
@@ -125,11 +141,29 @@ def optimize(model, passes=None, skip=(), **options) -> onnx.ModelProto:
     return optimize_with_report(model, passes, skip, **options)[0]
 
 
-def optimize_file(src, dst, passes=None, skip=(), **options) -> Report:
-    """Optimize the model at `src` and write it atomically to `dst`. Returns the Report."""
-    if Path(dst).resolve() == Path(src).resolve() and not options.pop("inplace", False):
-        raise io.InputError(f"{dst}: the output is the input; pass inplace=True to overwrite it")
-    options.pop("inplace", None)
-    model, report = optimize_with_report(Path(src), passes, skip, **options)
-    io.save(model, dst)
+def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, verify=False,
+                  input_shapes: dict | None = None, fold_overridable_initializers: bool = False,
+                  external_data: str | None = None, external_threshold: int = 1024) -> Report:
+    """Optimize the model at `src` and write it atomically to `dst`. Returns the Report.
+
+    External data stays in its files while the passes run: only the weights a rewrite touches
+    are read, and new large weights go straight to the output's data file (`external_data`,
+    default dst's name + ".data"), written beside `dst` when the input had external data, the
+    result exceeds 2 GB, or `external_data` is given.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() and not inplace:
+        raise io.InputError(f"{dst}: the output is the input; pass inplace=True (--inplace) to overwrite it")
+    selected = select_passes(passes, skip)
+    source = io.load_path(src, lazy=True)
+    io.check_input(source, str(src))
+    external = io.ExternalData(src.resolve().parent)
+    data_name = io.output_data_name(source, dst, external_data, external, inplace)
+    with io.staged(dst) as stage:
+        if data_name is not None and not verify:
+            external.scratch = stage / data_name  # verification reads the result from memory
+        job = _Job(source, selected, fold_overridable_initializers, input_shapes, external)
+        model, report = job.optimize(verify)
+        io.write_model(model, stage / dst.name, external=external, data_name=data_name,
+                       threshold=external_threshold)
     return report

@@ -54,6 +54,12 @@ def parse_args(argv):
                         help="shape of an input with dynamic dimensions, for --verify (repeatable)")
     parser.add_argument("--fold-overridable-initializers", action="store_true",
                         help="treat initializers that are also graph inputs as constants")
+    parser.add_argument("--external-data", metavar="NAME",
+                        help="write tensors to the file NAME beside the output (default when the input has "
+                             "external data or the result exceeds 2 GB: OUT's name + .data)")
+    parser.add_argument("--external-data-threshold", metavar="BYTES", type=int, default=1024,
+                        help="with external data, tensors of at least this many bytes go to the data file "
+                             "(default 1024)")
     parser.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="list refused matches with reasons")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -121,7 +127,8 @@ def main(argv=None) -> int:
                        verify={None: False, "check": True, "bisect": "bisect"}[args.verify],
                        input_shapes=_shapes(args.input_shape),
                        fold_overridable_initializers=args.fold_overridable_initializers,
-                       inplace=args.inplace)
+                       inplace=args.inplace, external_data=args.external_data,
+                       external_threshold=args.external_data_threshold)
         from .api import select_passes
 
         select_passes(options["passes"], options["skip"])

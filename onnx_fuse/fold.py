@@ -29,39 +29,60 @@ def bn_as_affine(scale, bias, mean, var, epsilon: float) -> tuple[np.ndarray, np
     return a, b
 
 
-def conv_output_channel_view(weight_shape, groups: int, transposed: bool) -> tuple[tuple, tuple]:
-    """Shapes to view a conv weight and a per-output-channel vector so that they broadcast.
+CHUNK_BYTES = 32 << 20  # float64 working set per step: large weights are folded a slab at a time
 
-    Conv weight is [M, C/g, k...]: output channels on axis 0.
-    ConvTranspose weight is [C, M/g, k...]: output channel of (row i, column j) is
-    (i // (C/g)) * (M/g) + j, so the weight is viewed as [g, C/g, M/g, k...].
-    """
-    spatial = tuple(weight_shape[2:])
-    ones = (1,) * len(spatial)
-    if not transposed:
-        return tuple(weight_shape), (weight_shape[0], 1) + ones
-    c, m_per_group = weight_shape[0], weight_shape[1]
-    w_view = (groups, c // groups, m_per_group) + spatial
-    v_view = (groups, 1, m_per_group) + ones
-    return w_view, v_view
+
+def row_slabs(weight: np.ndarray):
+    """Slices of axis 0 whose float64 copy stays within CHUNK_BYTES."""
+    rows = weight.shape[0]
+    per_row = max(1, (weight.size // max(rows, 1)) * 8)
+    step = max(1, CHUNK_BYTES // per_row)
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
+
+
+def scale_rows(weight, factor, what: str = "weight") -> np.ndarray:
+    """weight * factor(rows) computed in float64 slab by slab, returned in the weight's dtype.
+    `factor(rows)` gives the float64 factors that broadcast against weight[rows]."""
+    weight = np.asarray(weight)
+    out = np.empty(weight.shape, dtype=weight.dtype)
+    for rows in row_slabs(weight):
+        out[rows] = cast_like(weight[rows].astype(np.float64) * factor(rows), weight.dtype, what)
+    return out
 
 
 def conv_out_channels(weight_shape, groups: int, transposed: bool) -> int:
     return weight_shape[1] * groups if transposed else weight_shape[0]
 
 
+def _row_indices(rows: slice) -> np.ndarray:
+    return np.arange(rows.start, rows.stop)
+
+
 def fold_affine_after_conv(weight, bias, a, b, groups: int = 1, transposed: bool = False):
-    """conv(x; W, B) * a + b == conv(x; W', B'), a and b per output channel (or scalars)."""
-    w = as_f64(weight)
-    m = conv_out_channels(w.shape, groups, transposed)
+    """conv(x; W, B) * a + b == conv(x; W', B'), a and b per output channel (or scalars).
+
+    Returns W' in W's dtype (computed in float64) and B' in float64.
+    """
+    weight = np.asarray(weight)
+    m = conv_out_channels(weight.shape, groups, transposed)
     a = np.broadcast_to(as_f64(a).reshape(-1), (m,))
     b = np.broadcast_to(as_f64(b).reshape(-1), (m,))
-    w_view, v_view = conv_output_channel_view(w.shape, groups, transposed)
-    # W'[o] = W[o] * a[o]
-    folded_w = (w.reshape(w_view) * a.reshape(v_view)).reshape(w.shape)
+    ones = (1,) * (weight.ndim - 2)
+    if not transposed:
+        # W'[o] = W[o] * a[o]
+        def factor(rows):
+            return a[rows].reshape((-1, 1) + ones)
+    else:
+        # ConvTranspose W is [C, M/g, k...]: (row i, column j) feeds output (i // (C/g)) * (M/g) + j
+        per_group = a.reshape(groups, -1)
+
+        def factor(rows):
+            return per_group[_row_indices(rows) // (weight.shape[0] // groups)].reshape((-1, weight.shape[1]) + ones)
+    folded = scale_rows(weight, factor)
     # B' = B * a + b
     bias64 = np.zeros(m) if bias is None else as_f64(bias)
-    return folded_w, bias64 * a + b
+    return folded, bias64 * a + b
 
 
 def fold_affine_before_conv(weight, bias, a, b, groups: int = 1):
@@ -69,63 +90,80 @@ def fold_affine_before_conv(weight, bias, a, b, groups: int = 1):
 
     Without padding every output sums b over the whole kernel window, so the shift becomes a
     per-output-channel bias. (With zero padding the window would also see zeros, not b.)
+    Returns W' in W's dtype (computed in float64) and B' in float64.
     """
-    w = as_f64(weight)
-    m, c_per_group = w.shape[0], w.shape[1]
+    weight = np.asarray(weight)
+    m, c_per_group = weight.shape[0], weight.shape[1]
     c = c_per_group * groups
-    a = np.broadcast_to(as_f64(a).reshape(-1), (c,))
-    b = np.broadcast_to(as_f64(b).reshape(-1), (c,))
-    spatial_ones = (1,) * (w.ndim - 2)
-    # input channel seen by W[o, i] is (o // (M/g)) * (C/g) + i
-    grouped = w.reshape((groups, m // groups, c_per_group) + w.shape[2:])
-    a_view = a.reshape((groups, 1, c_per_group) + spatial_ones)
-    b_view = b.reshape((groups, 1, c_per_group) + spatial_ones)
-    folded_w = (grouped * a_view).reshape(w.shape)
+    ones = (1,) * (weight.ndim - 2)
+    # the input channel seen by W[o, i] is (o // (M/g)) * (C/g) + i
+    a_in = np.broadcast_to(as_f64(a).reshape(-1), (c,)).reshape(groups, c_per_group)
+    b_in = np.broadcast_to(as_f64(b).reshape(-1), (c,)).reshape(groups, c_per_group)
+
+    def seen(values, rows):
+        return values[_row_indices(rows) // (m // groups)].reshape((-1, c_per_group) + ones)
+
+    folded = scale_rows(weight, lambda rows: seen(a_in, rows))
     # B'[o] = B[o] + sum_{i,k} W[o, i, k] * b[channel(o, i)]
-    shift = (grouped * b_view).reshape(m, -1).sum(axis=1)
+    shift = np.zeros(m)
+    for rows in row_slabs(weight):
+        shift[rows] = (weight[rows].astype(np.float64) * seen(b_in, rows)).reshape(rows.stop - rows.start, -1).sum(1)
     bias64 = np.zeros(m) if bias is None else as_f64(bias)
-    return folded_w, bias64 + shift
+    return folded, bias64 + shift
 
 
 def fold_affine_after_gemm(weight, bias, a, b, trans_b: bool, alpha: float = 1.0, beta: float = 1.0):
     """(alpha * A @ W + beta * C) * a + b == A @ W' + C' with alpha = beta = 1, per output feature.
 
     W is [K, N] ([N, K] when trans_b); C broadcasts to [M, N] and keeps its own shape where it can.
+    Returns W' in W's dtype (computed in float64) and C' in float64.
     """
-    w = as_f64(weight)
-    n = w.shape[0] if trans_b else w.shape[1]
+    weight = np.asarray(weight)
+    n = weight.shape[0] if trans_b else weight.shape[1]
     a = np.broadcast_to(as_f64(a).reshape(-1), (n,))
     b = np.broadcast_to(as_f64(b).reshape(-1), (n,))
-    folded_w = alpha * (w * a[:, None] if trans_b else w * a[None, :])
+    # W'[k, n] = alpha * W[k, n] * a[n]
+    if trans_b:
+        folded = scale_rows(weight, lambda rows: alpha * a[rows][:, None])
+    else:
+        folded = scale_rows(weight, lambda rows: alpha * a[None, :])
     c = np.zeros(n) if bias is None else as_f64(bias)
     # C' = beta * C * a + b  (broadcast along the last axis, the feature axis)
-    return folded_w, beta * c * a + b
+    return folded, beta * c * a + b
 
 
 def fold_affine_before_gemm(weight, bias, a, b, trans_b: bool, alpha: float = 1.0, beta: float = 1.0):
-    """alpha * (A * a + b) @ W + beta * C == A @ W' + C' with alpha = beta = 1, per input feature."""
-    w = as_f64(weight)
-    w_kn = w.T if trans_b else w
-    k, n = w_kn.shape
+    """alpha * (A * a + b) @ W + beta * C == A @ W' + C' with alpha = beta = 1, per input feature.
+    Returns W' in W's dtype (computed in float64) and C' in float64."""
+    weight = np.asarray(weight)
+    k, n = weight.shape[::-1] if trans_b else weight.shape
     a = np.broadcast_to(as_f64(a).reshape(-1), (k,))
     b = np.broadcast_to(as_f64(b).reshape(-1), (k,))
-    folded = alpha * w_kn * a[:, None]
+    # W'[k, n] = alpha * a[k] * W[k, n];  C' = beta * C + alpha * (b @ W)
+    shift = np.zeros(n)
+    if trans_b:
+        folded = scale_rows(weight, lambda rows: alpha * a[None, :])
+        for rows in row_slabs(weight):
+            shift[rows] = weight[rows].astype(np.float64) @ b
+    else:
+        folded = scale_rows(weight, lambda rows: alpha * a[rows][:, None])
+        for rows in row_slabs(weight):
+            shift += b[rows] @ weight[rows].astype(np.float64)
     c = np.zeros(n) if bias is None else as_f64(bias)
-    # C' = beta * C + alpha * (b @ W)
-    new_c = beta * c + alpha * (b @ w_kn)
-    return (folded.T if trans_b else folded), new_c
+    return folded, beta * c + alpha * shift
 
 
 def cast_like(values: np.ndarray, dtype, what: str) -> np.ndarray:
-    """Cast float64 fold results back to `dtype`, refusing anything that would become inf or NaN."""
-    values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise FoldError(f"folded {what} is not finite")
-    dtype = np.dtype(dtype)
-    limit = float(ml_dtypes.finfo(dtype).max)
-    if values.size and float(np.max(np.abs(values))) > limit:
-        raise FoldError(f"folded {what} overflows {dtype.name}")
-    return values.astype(dtype)
+    """Cast fold results (float64, or already in `dtype`) to `dtype`, refusing anything that would
+    become inf or NaN there. Checks with max and min only, so a large weight is not copied."""
+    values = np.asarray(values)
+    if values.size:
+        high, low = float(np.max(values)), float(np.min(values))  # NaN propagates through both
+        if not (np.isfinite(high) and np.isfinite(low)):
+            raise FoldError(f"folded {what} is not finite")
+        if max(abs(high), abs(low)) > float(ml_dtypes.finfo(np.dtype(dtype)).max):
+            raise FoldError(f"folded {what} overflows {np.dtype(dtype).name}")
+    return values if values.dtype == np.dtype(dtype) else values.astype(dtype)
 
 
 # ---- linear maps that are one convolution -----------------------------------------------------

@@ -15,10 +15,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+
 log = logging.getLogger("onnx_fuse")
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CACHED_CONSTANT_BYTES = 1 << 20  # larger constants are decoded again when needed, not kept
+SCRATCH_BYTES = 1 << 20  # with external data, new constants this large go to the data file at once
 
 # Side-effect-free ops whose value is a constant when all their inputs are; evaluated on demand
 # and removed once nothing reads them.
@@ -121,7 +123,8 @@ class GraphView:
     """
 
     def __init__(self, container, *, opset: int, ir_version: int, names: NameScope,
-                 parent: "GraphView | None" = None, fold_overridable: bool = False):
+                 parent: "GraphView | None" = None, fold_overridable: bool = False,
+                 external=None):
         self.container = container
         self.is_function = isinstance(container, onnx.FunctionProto)
         self.opset = opset
@@ -129,6 +132,7 @@ class GraphView:
         self.names = names
         self.parent = parent
         self.fold_overridable = fold_overridable
+        self.external = external  # io.ExternalData: where tensors left in files lie, where new ones go
         self.nodes = list(container.node)
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
@@ -240,7 +244,8 @@ class GraphView:
         if name in self.initializers:
             if self.is_overridable(name):
                 return None
-            return numpy_helper.to_array(self.initializers[name])
+            tensor = self.initializers[name]
+            return self.external.read(tensor) if self.external is not None else numpy_helper.to_array(tensor)
         index = self.producer.get(name)
         if index is None:
             if name in self.inputs or self.parent is None:
@@ -316,7 +321,10 @@ class GraphView:
             tensor.name = name
             tensor.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
             tensor.dims.extend(values.shape)
-            tensor.raw_data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
+            if self.external is not None and self.external.scratch is not None and values.nbytes >= SCRATCH_BYTES:
+                self.external.store(tensor, values)
+            else:
+                tensor.raw_data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
             self.initializers[name] = tensor
             self.new_initializers.append(name)
         if values.nbytes <= CACHED_CONSTANT_BYTES:

@@ -27,11 +27,13 @@ def default_opset(opset_imports) -> int:
 
 
 class PassManager:
-    def __init__(self, passes, report: Report, fold_overridable: bool = False, deny=frozenset()):
+    def __init__(self, passes, report: Report, fold_overridable: bool = False, deny=frozenset(),
+                 external=None):
         self.passes = list(passes)
         self.report = report
         self.fold_overridable = fold_overridable
         self.deny = deny  # (pass, where, node) of rewrites not to make
+        self.external = external
         self.names: NameScope | None = None
 
     def run(self, model: onnx.ModelProto) -> bool:
@@ -47,7 +49,8 @@ class PassManager:
 
     def _view(self, container, opset, ir_version, parent):
         return GraphView(container, opset=opset, ir_version=ir_version, names=self.names,
-                         parent=parent, fold_overridable=self.fold_overridable)
+                         parent=parent, fold_overridable=self.fold_overridable,
+                         external=self.external)
 
     def _scope(self, container, opset, ir_version, parent, where) -> bool:
         changed = False

@@ -19,12 +19,17 @@ class VerificationError(Exception):
     """The optimized model's outputs differ from the original's."""
 
 
-def session(model: onnx.ModelProto):
+def session(model: onnx.ModelProto, external_folder=None):
+    """An onnxruntime session with its optimizations off; tensors left in external files are read
+    from `external_folder`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    if external_folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(external_folder))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -53,17 +58,20 @@ def random_feeds(sess, seed: int = 0, shapes: dict | None = None) -> dict:
     return feeds
 
 
-def run(model: onnx.ModelProto, feeds: dict) -> list:
-    sess = session(model)
+def run(model: onnx.ModelProto, feeds: dict, external_folder=None) -> list:
+    sess = session(model, external_folder)
     names = {arg.name for arg in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 
 
 def compare(original: onnx.ModelProto, optimized: onnx.ModelProto, *, seed: int = 0,
-            shapes: dict | None = None) -> dict:
+            shapes: dict | None = None, external_folder=None) -> dict:
     """Run both on the same random inputs; raise VerificationError on a mismatch."""
-    feeds = random_feeds(session(original), seed, shapes)
-    expected, actual = run(original, feeds), run(optimized, feeds)
+    reference = session(original, external_folder)
+    feeds = random_feeds(reference, seed, shapes)
+    names = {arg.name for arg in reference.get_inputs()}
+    expected = reference.run(None, {k: v for k, v in feeds.items() if k in names})
+    actual = run(optimized, feeds, external_folder)
     worst_abs = worst_rel = 0.0
     for index, (e, a) in enumerate(zip(expected, actual)):
         e, a = np.asarray(e), np.asarray(a)

@@ -35,6 +35,13 @@ def conv_transpose1d(x, w, b=None, groups=1):
 rng = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True, params=["one-slab", "many-slabs"])
+def slabs(request, monkeypatch):
+    """Every formula again with weights folded a few rows at a time, as large weights are."""
+    if request.param == "many-slabs":
+        monkeypatch.setattr(fold, "CHUNK_BYTES", 64)
+
+
 @pytest.mark.parametrize("groups", [1, 2, 6])
 @pytest.mark.parametrize("bias", [True, False])
 def test_affine_after_conv(groups, bias):
