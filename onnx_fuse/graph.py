@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .io import tensor_values
+
 
 log = logging.getLogger("onnx_fuse")
 
@@ -136,6 +138,7 @@ class GraphView:
         self.nodes = list(container.node)
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
+        self.by_op: dict[str, list[int]] = defaultdict(list)  # default-domain nodes by op type
         for index, node in enumerate(self.nodes):
             self._index(index, node)
         if self.is_function:
@@ -170,6 +173,8 @@ class GraphView:
         return names
 
     def _index(self, index, node):
+        if node.domain in DEFAULT_DOMAINS:
+            self.by_op[node.op_type].append(index)
         for name in self._reads(node):
             self.consumers[name].append(index)
         for name in node.output:
@@ -183,6 +188,14 @@ class GraphView:
         for name in node.output:
             if name and self.producer.get(name) == index:
                 del self.producer[name]
+
+    def indices_of(self, op_types) -> list[int]:
+        """Indices of the default-domain nodes of these op types, in graph order (a node replaced
+        since may be listed under its old type too: check its op_type)."""
+        found = set()
+        for op in op_types:
+            found.update(self.by_op.get(op, ()))
+        return sorted(found)
 
     def node(self, index: int):
         return self.nodes[index]
@@ -245,7 +258,7 @@ class GraphView:
             if self.is_overridable(name):
                 return None
             tensor = self.initializers[name]
-            return self.external.read(tensor) if self.external is not None else numpy_helper.to_array(tensor)
+            return self.external.read(tensor) if self.external is not None else tensor_values(tensor)
         index = self.producer.get(name)
         if index is None:
             if name in self.inputs or self.parent is None:

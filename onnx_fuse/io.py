@@ -149,6 +149,19 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return size + sum(node.ByteSize() for node in model.graph.node) > PROTOBUF_LIMIT - (64 << 20)
 
 
+def tensor_values(tensor) -> np.ndarray:
+    """The value of an in-memory tensor; raw little-endian data is viewed, not copied (the array
+    is read-only, which also guards the weights against being changed in place)."""
+    if tensor.HasField("raw_data") and sys.byteorder == "little" and tensor.data_type in RAW_VIEWABLE:
+        return np.frombuffer(tensor.raw_data, dtype=RAW_VIEWABLE[tensor.data_type]).reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)
+
+
+RAW_VIEWABLE = {t: helper.tensor_dtype_to_np_dtype(t) for t in (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+
+
 def read_tensor_file(tensor, target: Path) -> np.ndarray:
     """A tensor's value read from its external file: only this tensor's bytes."""
     offset, length = _external_span(tensor, target)
@@ -185,7 +198,7 @@ class ExternalData:
 
     def read(self, tensor) -> np.ndarray:
         if not is_external(tensor):
-            return numpy_helper.to_array(tensor)
+            return tensor_values(tensor)
         return read_tensor_file(tensor, self.file_of(tensor))
 
     def store(self, tensor, values: np.ndarray):

@@ -85,7 +85,7 @@ class PassManager:
 
     def _sweep(self, rule, view: GraphView, refusals: dict, where: str) -> bool:
         changed = False
-        for index in range(len(view.nodes)):
+        for index in view.indices_of(rule.anchors):
             if index in view.removed:
                 continue
             node = view.nodes[index]
