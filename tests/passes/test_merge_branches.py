@@ -227,3 +227,46 @@ def test_refuse_branches_of_different_inputs():
 
 def test_refuse_identity_with_stride_2():
     refuse(lambda b, x: add(b, conv(b, x, C, C, strides=[2, 2], pads=[1, 1, 1, 1]), x), "different strides", size=3)
+
+
+def nhwc_block(identity_perm=(0, 3, 1, 2), const_shape=(C,)):
+    """tf2onnx's form: the NHWC input is transposed for the convs, while the identity branch's BN
+    (as Mul + Add by [C] constants) stays in NHWC behind a Transpose of its own."""
+    b = ModelBuilder(seed=11)
+    x = b.input([2, 7, 7, C])
+    t = b.node("Transpose", [x], perm=[0, 3, 1, 2])
+    scale = b.const(b.rng.uniform(0.5, 1.5, const_shape), "scale")
+    shift = b.const(b.rng.normal(0, 0.5, const_shape), "shift")
+    identity = b.node("Transpose", [b.node("Add", [b.node("Mul", [x, scale]), shift])], perm=list(identity_perm))
+    y = add(b, conv_bn(b, t, 3), conv_bn(b, t, 1, pads=[0] * 4), identity)
+    b.output(b.node("Transpose", [b.node("Relu", [y])], perm=[0, 2, 3, 1]))
+    return b.model()
+
+
+def test_identity_branch_computed_in_nhwc_merges():
+    model = nhwc_block()
+    result, report = optimize(model)
+    assert op_counts(result) == {"Transpose": 2, "Conv": 1, "Relu": 1}
+    assert_same_function(model, result)
+
+
+def test_refuse_nhwc_branch_behind_a_different_transpose():
+    b = ModelBuilder(seed=12)
+    x = b.input([2, 7, 7, C])
+    t = b.node("Transpose", [x], perm=[0, 3, 1, 2])
+    other = b.node("Transpose", [b.node("Mul", [x, b.const(np.full(C, 2.0), "k")])], perm=[0, 3, 2, 1])
+    b.output(add(b, conv(b, t, C, C), other))
+    assert_unchanged(b.model(), "does not match the layout Transpose", passes=["merge_branches"])
+
+
+def test_refuse_nhwc_constant_that_is_not_per_channel():
+    """The two conv branches still merge; the NHWC branch scaled per row stays as it is."""
+    model = nhwc_block(const_shape=(7, 1, C))
+    result, report = optimize(model)
+    assert any("is not per-channel" in r.reason for r in report.refused)
+    assert op_counts(result) == {"Transpose": 3, "Mul": 1, "Add": 2, "Conv": 1, "Relu": 1}
+    assert_same_function(model, result)
+
+
+def test_refuse_branches_with_different_output_channels_broadcast():
+    refuse(lambda b, x: add(b, conv(b, x, C, C), conv(b, x, C, 1, k=1)), "different channel counts")
