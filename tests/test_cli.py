@@ -96,3 +96,17 @@ def test_several_inputs_into_a_folder_one_bad_file(model_file, tmp_path, capsys)
     assert op_counts(onnx.load(str(out / "in.onnx"))) == {"Conv": 1}
     assert not (out / "bad.onnx").exists()
     assert "1 of 2 models written" in capsys.readouterr().out
+
+
+def test_a_folder_of_models(tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a", "b"):
+        b = ModelBuilder(seed=len(name))
+        b.output(b.batchnorm(conv(b, b.input([1, 4, 6, 6]), 4, 4), 4))
+        onnx.save(b.model(), str(models / f"{name}.onnx"))
+    assert main([str(models), "-o", str(tmp_path / "fused")]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "2 of 2 models written" in out and out.count("conv_bn 1") == 2
+    assert sorted(p.name for p in (tmp_path / "fused").iterdir()) == ["a.onnx", "b.onnx"]
+    assert op_counts(onnx.load(str(tmp_path / "fused" / "a.onnx"))) == {"Conv": 1}
