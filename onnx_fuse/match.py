@@ -32,6 +32,29 @@ def has_attribute_refs(node) -> bool:
     return any(attr.ref_attr_name for attr in node.attribute)
 
 
+def auto_pad(node) -> str:
+    value = attributes(node).get("auto_pad", b"NOTSET")
+    value = value.decode() if isinstance(value, bytes) else value
+    return value or "NOTSET"
+
+
+def conv_padding(node, kernel_shape, strides, dilations) -> tuple | None:
+    """Explicit pads of a Conv (all begins, then all ends), or None where they depend on the input
+    size (auto_pad SAME with a stride over 1)."""
+    rank = len(kernel_shape)
+    padding = auto_pad(node)
+    if padding == "NOTSET":
+        return tuple(attributes(node).get("pads", (0,) * (2 * rank)))
+    if padding == "VALID":
+        return (0,) * (2 * rank)
+    if any(s != 1 for s in strides):
+        return None
+    total = [d * (k - 1) for k, d in zip(kernel_shape, dilations)]
+    small = [t // 2 for t in total]
+    large = [t - t // 2 for t in total]
+    return tuple(small + large) if padding == "SAME_UPPER" else tuple(large + small)
+
+
 def is_op(node, *op_types) -> bool:
     return node is not None and is_default_domain(node) and node.op_type in op_types
 

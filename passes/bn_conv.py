@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from onnx_fuse.graph import GraphView
 from onnx_fuse.linear import fold_before, read_affine, read_linear
-from onnx_fuse.match import AFFINE_OPS, Refusal, attributes, is_op, single_use
+from onnx_fuse.match import AFFINE_OPS, Refusal, attributes, conv_padding, is_op, single_use
 from onnx_fuse.rule import Pass
 
 
@@ -16,15 +16,6 @@ class AffineLinearMatch:
     affine: int
     linear: int
     x: str
-
-
-def pads_nothing(node) -> bool:
-    attrs = attributes(node)
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad == "VALID":
-        return True
-    return auto_pad == "NOTSET" and not any(attrs.get("pads", ()))
 
 
 class BatchNormConv(Pass):
@@ -58,8 +49,13 @@ class BatchNormConv(Pass):
         op = read_linear(view, match.linear)
         if isinstance(op, Refusal):
             return op
-        if linear.op_type == "Conv" and not pads_nothing(linear):
-            return Refusal("Conv pads its input, and padding adds zeros after the shift")
+        if linear.op_type == "Conv":
+            spatial = op.weight.ndim - 2
+            attrs = attributes(linear)
+            pads = conv_padding(linear, op.weight.shape[2:], attrs.get("strides", (1,) * spatial),
+                                attrs.get("dilations", (1,) * spatial))
+            if pads is None or any(pads):
+                return Refusal("Conv pads its input, and padding adds zeros after the shift")
         if linear.op_type == "Gemm" and attributes(linear).get("transA", 0):
             return Refusal("Gemm transposes its input (transA=1)")
         rank = op.weight.ndim if op.is_conv else 2

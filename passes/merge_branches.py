@@ -21,8 +21,8 @@ from onnx_fuse import fold
 from onnx_fuse.fold import ConvMap, FoldError
 from onnx_fuse.graph import GraphView
 from onnx_fuse.linear import read_linear
-from onnx_fuse.match import (Refusal, attributes, batchnorm_affine, elementwise_affine, has_attribute_refs,
-                             is_op)
+from onnx_fuse.match import (Refusal, attributes, auto_pad, batchnorm_affine, conv_padding, elementwise_affine,
+                             has_attribute_refs, is_op)
 from onnx_fuse.rule import Pass
 
 LINEAR_STEPS = ("Conv", "AveragePool", "BatchNormalization", "Mul", "Add", "Sub", "Div", "Sum",
@@ -47,24 +47,6 @@ class Branches:
     cost: int = 0
 
 
-def conv_padding(node, kernel_shape, strides, dilations):
-    """Explicit pads of a Conv, or None where they depend on the input size (SAME with stride > 1)."""
-    attrs = attributes(node)
-    rank = len(kernel_shape)
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", ""):
-        return tuple(attrs.get("pads", (0,) * (2 * rank)))
-    if auto_pad == "VALID":
-        return (0,) * (2 * rank)
-    if any(s != 1 for s in strides):
-        return None
-    total = [d * (k - 1) for k, d in zip(kernel_shape, dilations)]
-    small = [t // 2 for t in total]
-    large = [t - t // 2 for t in total]
-    return tuple(small + large) if auto_pad == "SAME_UPPER" else tuple(large + small)
-
-
 def conv_map(view: GraphView, index: int) -> ConvMap | Refusal:
     node = view.node(index)
     op = read_linear(view, index)
@@ -85,11 +67,10 @@ def average_pool_map(node, channels: int, rank: int) -> ConvMap | Refusal:
     attrs = attributes(node)
     kernel = tuple(attrs["kernel_shape"])
     pads = tuple(attrs.get("pads", (0,) * (2 * rank)))
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad not in ("NOTSET", "VALID", ""):
+    padding = auto_pad(node)
+    if padding not in ("NOTSET", "VALID"):
         return Refusal("AveragePool with auto_pad SAME")
-    if auto_pad == "VALID":
+    if padding == "VALID":
         pads = (0,) * (2 * rank)
     if attrs.get("ceil_mode", 0):
         return Refusal("AveragePool with ceil_mode=1")
