@@ -35,3 +35,12 @@ def test_inline_constant_if(value, ops):
 
 def test_refuse_condition_that_is_an_input():
     assert_unchanged(if_model(condition_is_constant=False), "is not a constant", passes=["inline_if"])
+
+
+def test_refuse_branch_names_that_clash_with_the_graph():
+    model = if_model()
+    then_graph = next(a.g for a in model.graph.node[-2].attribute if a.name == "then_branch")
+    clash = model.graph.node[0].output[0]  # the Cast's output, in the enclosing graph
+    then_graph.node[0].output[0] = clash
+    then_graph.node[1].input[0] = clash
+    assert_unchanged(model, "a name the enclosing graph has too", passes=["inline_if"])
