@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import onnx
 from onnx import helper, numpy_helper
 from support import ModelBuilder, assert_same_function, assert_unchanged, conv, op_counts, optimize
 
@@ -140,3 +141,30 @@ def test_custom_domain_batchnorm_is_left_alone():
     model.opset_import.append(helper.make_opsetid("com.example", 1))
     result, _ = optimize(model)
     assert result.SerializeToString() == model.SerializeToString()
+
+
+def test_fold_bfloat16_weights():
+    """onnxruntime has no bfloat16 Conv on the CPU: check the folded weights themselves, against the
+    fold done in float64 on the same bfloat16 values."""
+    import ml_dtypes
+
+    b = ModelBuilder(np.float32, seed=5)
+    x = b.input([1, 4, 5, 5], elem=16)
+    w = b.weights(4, 4, 3, 3).astype(ml_dtypes.bfloat16)
+    stats = [b.rng.uniform(0.5, 1.5, 4), b.rng.normal(0, .5, 4), b.rng.normal(0, .5, 4), b.rng.uniform(.1, 2, 4)]
+    names = [b.const(v.astype(ml_dtypes.bfloat16), n, dtype=ml_dtypes.bfloat16)
+             for v, n in zip([w] + stats, ["w", "s", "bb", "m", "v"])]
+    y = b.node("Conv", [x, names[0]], pads=[1] * 4)
+    b.output(b.node("BatchNormalization", [y] + names[1:], epsilon=1e-3), elem=16)
+    model = b.model(opset=22)  # Conv takes bfloat16 from opset 22
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 1} and report.passes["conv_bn"].rewrites == 1
+    onnx.checker.check_model(result, full_check=True)
+    folded = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    weight, bias = (folded[n] for n in result.graph.node[0].input[1:])
+    assert weight.dtype == ml_dtypes.bfloat16 and bias.dtype == ml_dtypes.bfloat16
+    s, bb, m, v = (np.asarray(a.astype(ml_dtypes.bfloat16), np.float64) for a in stats)
+    a = s / np.sqrt(v + 1e-3)
+    expected = np.asarray(w, np.float64) * a[:, None, None, None]
+    np.testing.assert_allclose(np.asarray(weight, np.float64), expected, rtol=1e-2)
+    np.testing.assert_allclose(np.asarray(bias, np.float64), bb - m * a, rtol=1e-2, atol=1e-2)
