@@ -25,7 +25,9 @@ class Refusal:
 
 
 def attributes(node) -> dict:
-    return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+    """The node's attribute values; attributes that refer to a function's attributes (their value
+    is only known per call) are left out: readers refuse such nodes with has_attribute_refs."""
+    return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute if not attr.ref_attr_name}
 
 
 def has_attribute_refs(node) -> bool:
@@ -92,9 +94,9 @@ def per_channel_vector(value: np.ndarray, rank: int, channels: int, axis: int = 
 
 def batchnorm_affine(view: GraphView, node, channels: int) -> tuple[np.ndarray, np.ndarray] | Refusal:
     """BatchNormalization in inference form as per-channel (scale, shift)."""
-    attrs = attributes(node)
     if has_attribute_refs(node):
         return Refusal("BatchNormalization attributes refer to function attributes")
+    attrs = attributes(node)
     if attrs.get("training_mode", 0) == 1:
         return Refusal("BatchNormalization is in training mode")
     if "is_test" in attrs and attrs["is_test"] == 0 and len([o for o in node.output if o]) > 1:

@@ -162,3 +162,26 @@ def test_bad_inputs_raise_one_clear_error(tmp_path):
         onnx_fuse.optimize(tmp_path / "junk.onnx")
     with pytest.raises(onnx_fuse.InputError, match="not an ONNX model"):
         onnx_fuse.optimize(numpy_helper.from_array(np.ones(3)).SerializeToString())
+
+
+def test_function_attribute_references_are_refused_not_guessed():
+    """Found by the fuzzer: a BN inside a function whose epsilon is the function's attribute."""
+    inner = conv_bn(seed=4)
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in inner.graph.initializer]
+    nodes = list(inner.graph.node)
+    bn = nodes[1]
+    del bn.attribute[:]
+    bn.attribute.append(helper.make_attribute_ref("epsilon", onnx.AttributeProto.FLOAT))
+    bn.attribute[0].ref_attr_name = "eps"
+    function = helper.make_function("local", "Block", [inner.graph.input[0].name], [inner.graph.output[0].name],
+                                    constants + nodes, [helper.make_opsetid("", 17)], attributes=["eps"])
+    graph = helper.make_graph([helper.make_node("Block", ["x"], ["y"], domain="local", eps=1e-3)], "g",
+                              [helper.make_tensor_value_info("x", 1, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 6, 6])])
+    model = helper.make_model(graph, functions=[function],
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    model.ir_version = 8
+    result, report = optimize(model)
+    assert report.passes["conv_bn"].rewrites == 0
+    assert any("refer to function attributes" in r.reason for r in report.refused)
+    assert_same_function(model, result)
