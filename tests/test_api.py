@@ -130,18 +130,24 @@ def test_subgraphs_are_optimized():
         assert_same_function(model, result, feeds=feeds)
 
 
+def model_calling(function, **attrs):
+    """A model whose graph is one call of the local `function` on x [1, 4, 6, 6]."""
+    graph = helper.make_graph([helper.make_node(function.name, ["x"], ["y"], domain=function.domain, **attrs)], "g",
+                              [helper.make_tensor_value_info("x", 1, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 6, 6])])
+    model = helper.make_model(graph, functions=[function],
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(function.domain, 1)])
+    model.ir_version = 8
+    return model
+
+
 def test_local_functions_are_optimized():
     inner = conv_bn(seed=3)
     constants = [helper.make_node("Constant", [], [t.name], value=t) for t in inner.graph.initializer]
     function = helper.make_function("local", "ConvBlock", [inner.graph.input[0].name],
                                      [inner.graph.output[0].name], constants + list(inner.graph.node),
                                      [helper.make_opsetid("", 17)])
-    graph = helper.make_graph([helper.make_node("ConvBlock", ["x"], ["y"], domain="local")], "g",
-                              [helper.make_tensor_value_info("x", 1, [1, 4, 6, 6])],
-                              [helper.make_tensor_value_info("y", 1, [1, 4, 6, 6])])
-    model = helper.make_model(graph, functions=[function],
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
-    model.ir_version = 8
+    model = model_calling(function)
     result, report = optimize(model)
     assert report.passes["conv_bn"].rewrites == 1
     ops = {n.op_type for n in result.functions[0].node}
@@ -175,12 +181,7 @@ def test_function_attribute_references_are_refused_not_guessed():
     bn.attribute[0].ref_attr_name = "eps"
     function = helper.make_function("local", "Block", [inner.graph.input[0].name], [inner.graph.output[0].name],
                                     constants + nodes, [helper.make_opsetid("", 17)], attributes=["eps"])
-    graph = helper.make_graph([helper.make_node("Block", ["x"], ["y"], domain="local", eps=1e-3)], "g",
-                              [helper.make_tensor_value_info("x", 1, [1, 4, 6, 6])],
-                              [helper.make_tensor_value_info("y", 1, [1, 4, 6, 6])])
-    model = helper.make_model(graph, functions=[function],
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
-    model.ir_version = 8
+    model = model_calling(function, eps=1e-3)
     result, report = optimize(model)
     assert report.passes["conv_bn"].rewrites == 0
     assert any("refer to function attributes" in r.reason for r in report.refused)
