@@ -278,7 +278,7 @@ class Result:
     latency: dict  # label -> {"median": s} or {"error": ...}; labels: tool keys, "train", "deploy"
 
 
-def too_slow(spec: Spec, smaller, nodes: int, timeout: float) -> dict:
+def too_slow(smaller, nodes: int, timeout: float) -> dict:
     """Tools to skip on this model: on `smaller`, a model of the same kind, they timed out or took
     so long that this one (at least as many times longer as it has more nodes) would time out."""
     if smaller is None:
@@ -307,7 +307,7 @@ def benchmark_model(spec: Spec, quick: bool, folder: str, timeout: float, repeat
     candidates = tools()
     if smaller is not None:
         nodes = json.loads(run_helper("--inspect", source))[source]["nodes"]
-        skip = too_slow(spec, smaller, nodes, timeout)
+        skip = too_slow(smaller, nodes, timeout)
         for tool in candidates:
             tool.error = skip.get(tool.key, "")
     repeats = 1 if quick else spec.repeats
