@@ -296,16 +296,21 @@ class GraphView:
         return np.asarray(results[[n for n in node.output if n].index(name)])
 
     # ---- shapes ------------------------------------------------------------------------
-    def rank(self, name: str) -> int | None:
-        """The rank of `name` where the model records it, or where its producer fixes it."""
+    def shape(self, name: str) -> list | None:
+        """The shape the model records for `name` (None for unknown dimensions), if it does."""
         if self._value_info is None:
             self._value_info = {}
             if not self.is_function:
                 for vi in list(self.container.input) + list(self.container.output) + list(self.container.value_info):
                     if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-                        self._value_info[vi.name] = len(vi.type.tensor_type.shape.dim)
-        if name in self._value_info:
-            return self._value_info[name]
+                        self._value_info[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                                     for d in vi.type.tensor_type.shape.dim]
+        return self._value_info.get(name)
+
+    def rank(self, name: str) -> int | None:
+        """The rank of `name` where the model records it, or where its producer fixes it."""
+        if self.shape(name) is not None:
+            return len(self.shape(name))
         value = self.constant(name)
         if value is not None:
             return value.ndim

@@ -18,6 +18,20 @@ class AffineLinearMatch:
     x: str
 
 
+def broadcast_keeps_shape(view: GraphView, affine, x: str, rank: int, channels: int) -> Refusal | None:
+    """The folded operator will read x itself: the constant must not have broadcast x to a larger
+    shape (a size-1 channel axis widened, or a leading axis added). Found by the fuzzer."""
+    other = next(name for name in affine.input if name != x)
+    constant = view.constant_type(other)
+    if constant is None or len(constant[0]) == 0 or tuple(constant[0]) == (1,):
+        return None  # a scalar enlarges nothing
+    shape = view.shape(x)
+    if shape is None or len(shape) != rank or len(constant[0]) > rank or shape[1] != channels:
+        return Refusal(f"{affine.op_type} by a constant of shape {list(constant[0])} may broadcast '{x}' "
+                       f"to a larger shape (its shape {shape} is not known to be rank {rank} with {channels} channels)")
+    return None
+
+
 class BatchNormConv(Pass):
     name = "bn_conv"
     summary = "BatchNormalization/per-channel affine -> unpadded Conv or Gemm: fold into the weights"
@@ -59,6 +73,10 @@ class BatchNormConv(Pass):
         if linear.op_type == "Gemm" and attributes(linear).get("transA", 0):
             return Refusal("Gemm transposes its input (transA=1)")
         rank = op.weight.ndim if op.is_conv else 2
+        if affine.op_type != "BatchNormalization":
+            refusal = broadcast_keeps_shape(view, affine, match.x, rank, op.in_channels)
+            if refusal:
+                return refusal
         ab = read_affine(view, affine, match.x, rank, op.in_channels)
         if isinstance(ab, Refusal):
             return ab

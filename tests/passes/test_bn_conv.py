@@ -65,3 +65,23 @@ def test_refuse_gemm_with_transposed_input():
     y = b.batchnorm(b.input([6, 3]), 6)
     b.output(b.node("Gemm", [y, b.const(b.weights(6, 8), "w")], transA=1))
     assert_unchanged(b.model(), "transA=1")
+
+
+@pytest.mark.parametrize("x_shape,const_shape,w_shape", [
+    ([1, 1, 4, 4], [1, 3, 1, 1], [2, 3, 1, 1]),   # a size-1 channel axis widened to 3
+    ([3, 4, 4], [1, 1, 1, 1], [2, 3, 1, 1]),       # a leading axis added
+])
+def test_refuse_constant_that_broadcasts_the_input_larger(x_shape, const_shape, w_shape):
+    """Found by the fuzzer: folding would make the Conv read the smaller tensor."""
+    b = ModelBuilder(seed=13)
+    x = b.input(x_shape)
+    y = b.node("Mul", [x, b.const(b.rng.uniform(0.5, 2, const_shape), "k")])
+    b.output(b.node("Conv", [y, b.const(b.weights(*w_shape), "w")]))
+    assert_unchanged(b.model(), "may broadcast", passes=["bn_conv"])
+
+
+def test_refuse_constant_that_widens_gemm_features():
+    b = ModelBuilder(seed=14)
+    y = b.node("Mul", [b.input([4, 1]), b.const([[1.0, 2.0, 3.0]], "k")])
+    b.output(b.node("Gemm", [y, b.const(b.weights(3, 2), "w")]))
+    assert_unchanged(b.model(), "may broadcast", passes=["bn_conv"])
