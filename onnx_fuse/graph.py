@@ -143,16 +143,14 @@ class GraphView:
             self._index(index, node)
         if self.is_function:
             self.initializers = {}
-            self.input_names = list(container.input)
-            self.output_names = list(container.output)
+            self.inputs = set(container.input)
+            self.outputs = set(container.output)
         else:
             self.initializers = {t.name: t for t in container.initializer}
-            self.input_names = [vi.name for vi in container.input]
-            self.output_names = [vi.name for vi in container.output]
-        self.inputs = set(self.input_names)
+            self.inputs = {vi.name for vi in container.input}
+            self.outputs = {vi.name for vi in container.output}
         # IR < 4 lists every initializer of the main graph among its inputs.
         self.initializers_are_inputs = not self.is_function and parent is None and ir_version < 4
-        self.outputs = set(self.output_names)
         self.removed: set[int] = set()
         self.maybe_unused: set[str] = set()
         self.vanished: set[str] = set()
@@ -309,8 +307,9 @@ class GraphView:
 
     def rank(self, name: str) -> int | None:
         """The rank of `name` where the model records it, or where its producer fixes it."""
-        if self.shape(name) is not None:
-            return len(self.shape(name))
+        shape = self.shape(name)
+        if shape is not None:
+            return len(shape)
         value = self.constant(name)
         if value is not None:
             return value.ndim

@@ -61,11 +61,6 @@ def is_op(node, *op_types) -> bool:
     return node is not None and is_default_domain(node) and node.op_type in op_types
 
 
-def producer_node(view: GraphView, name: str):
-    index = view.producer_of(name)
-    return None if index is None else view.node(index)
-
-
 def single_use(view: GraphView, name: str, what: str) -> Refusal | None:
     """The rule every fold keeps: the intermediate has exactly one reader and is not an output."""
     if name in view.outputs:
