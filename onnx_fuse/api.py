@@ -157,11 +157,13 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     selected = select_passes(passes, skip)
     source = io.load_path(src, lazy=True)
     io.check_input(source, str(src))
-    external = io.ExternalData(src.resolve().parent)
+    external = io.ExternalData(src.resolve())
     data_name = io.output_data_name(source, dst, external_data, external, inplace)
     with io.staged(dst) as stage:
-        if data_name is not None and not verify:
-            external.scratch = stage / data_name  # verification reads the result from memory
+        if not verify:  # verification reads the new tensors from memory
+            # new large weights go straight to the output's data file, or are held until written
+            external.scratch = stage / data_name if data_name is not None else None
+            external.hold = data_name is None
         job = _Job(source, selected, fold_overridable_initializers, input_shapes, external)
         model, report = job.optimize(verify)
         io.write_model(model, stage / dst.name, external=external, data_name=data_name,

@@ -22,7 +22,6 @@ log = logging.getLogger("onnx_fuse")
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CACHED_CONSTANT_BYTES = 1 << 20  # larger constants are decoded again when needed, not kept
-SCRATCH_BYTES = 1 << 20  # with external data, new constants this large go to the data file at once
 
 # Side-effect-free ops whose value is a constant when all their inputs are; evaluated on demand
 # and removed once nothing reads them.
@@ -338,7 +337,7 @@ class GraphView:
             tensor.name = name
             tensor.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
             tensor.dims.extend(values.shape)
-            if self.external is not None and self.external.scratch is not None and values.nbytes >= SCRATCH_BYTES:
+            if self.external is not None and self.external.takes(values.nbytes, main_graph=self.parent is None):
                 self.external.store(tensor, values)
             else:
                 tensor.raw_data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()

@@ -4,6 +4,7 @@ them atomically, so an interrupted or failed run never leaves a partial output f
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import sys
@@ -15,7 +16,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
+from . import wire
+
 PROTOBUF_LIMIT = 2**31 - 1
+# Tensors this large stay out of the protobuf: a lazy load leaves them in the model's file, and
+# new ones go to ExternalData.store
+LARGE_TENSOR_BYTES = 64 << 10
 
 
 class InputError(Exception):
@@ -49,18 +55,22 @@ def load(source) -> onnx.ModelProto:
 
 
 def load_path(path: Path, lazy: bool = False) -> onnx.ModelProto:
-    """Read the model at `path`. Its external data is read into the model, or, with lazy=True,
-    left in its files (only checked), to be read per tensor by `read_tensor` and copied by `save`."""
+    """Read the model at `path`. Its external data is read into the model or, with lazy=True, left
+    in its files (only checked), to be read per tensor by `ExternalData.read` and copied by
+    `write_model`. With lazy=True the large initializers of the main graph stay in the model's own
+    file too: they are parsed as external data whose location is the model file itself."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an .onnx file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except DecodeError as error:
-        raise InputError(f"{path}: not an ONNX model, the file does not parse ({error})") from None
+    model = _parse_leaving_weights(path) if lazy else None
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except DecodeError as error:
+            raise InputError(f"{path}: not an ONNX model, the file does not parse ({error})") from None
     _check_model(model, str(path))
     folder = path.resolve().parent
     for tensor in external_tensors(model):
@@ -70,6 +80,63 @@ def load_path(path: Path, lazy: bool = False) -> onnx.ModelProto:
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
     return model
+
+
+def _parse_leaving_weights(path: Path) -> onnx.ModelProto | None:
+    """The model parsed without the raw_data of its large main-graph initializers, which are
+    pointed at where they lie in the file; None when there are none (or the file is not a
+    message we can scan: the caller's full parse then says what is wrong)."""
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            pieces, lazy = _skeleton(mapped)
+            if not lazy:
+                return None
+            model = onnx.ModelProto()
+            model.ParseFromString(b"".join(pieces))
+    except (wire.WireError, DecodeError, OSError, ValueError):
+        return None
+    initializers = model.graph.initializer
+    for index, offset, length in lazy:
+        point_to(initializers[index], path.name, offset, length)
+    return model
+
+
+def _skeleton(buf) -> tuple[list, list]:
+    """The pieces of a serialized model with the raw_data fields of large main-graph initializers
+    cut out, and (initializer index, offset, length) of each cut."""
+    graph = wire.only_field(buf, 0, len(buf), wire.MODEL_GRAPH)
+    if graph is None:
+        return [], []
+    graph_field, graph_start, graph_end = graph
+    graph_pieces, lazy = [], []
+    position = graph_start
+    index = -1
+    for number, _, field_start, start, end in wire.fields(buf, graph_start, graph_end):
+        if number != wire.GRAPH_INITIALIZER:
+            continue
+        index += 1
+        if end - start < LARGE_TENSOR_BYTES:
+            continue
+        raw = None
+        for tensor_field, _, raw_field, raw_start, raw_end in wire.fields(buf, start, end):
+            if tensor_field in (13, 14):  # external_data, data_location: leave such a tensor to onnx
+                raw = None
+                break
+            if tensor_field == wire.TENSOR_RAW_DATA:
+                raw = raw_field, raw_start, raw_end
+        if raw is None or raw[2] - raw[1] < LARGE_TENSOR_BYTES:
+            continue
+        raw_field, raw_start, raw_end = raw
+        graph_pieces += [buf[position:field_start],
+                         wire.length_delimited(wire.GRAPH_INITIALIZER, (end - start) - (raw_end - raw_field)),
+                         buf[start:raw_field], buf[raw_end:end]]
+        position = end
+        lazy.append((index, raw_start, raw_end - raw_start))
+    graph_pieces.append(buf[position:graph_end])
+    graph_length = sum(len(piece) for piece in graph_pieces)
+    pieces = [buf[:graph_field], wire.length_delimited(wire.MODEL_GRAPH, graph_length), *graph_pieces,
+              buf[graph_end:]]
+    return pieces, lazy
 
 
 def all_tensors(model: onnx.ModelProto):
@@ -138,12 +205,14 @@ def read_external_bytes(tensor, folder: Path) -> bytes:
         return handle.read(length)
 
 
-def needs_external_data(model: onnx.ModelProto) -> bool:
+def needs_external_data(model: onnx.ModelProto, external: "ExternalData | None" = None) -> bool:
     """Whether the model must be written with external data: some tensors are in files, or it is
     too large for one protobuf (counted per tensor: the whole model may not even be measurable)."""
     size = 0
     for tensor in all_tensors(model):
-        if is_external(tensor):
+        if external is not None and (external.is_inline(tensor) or tensor.name in external.held):
+            size += int(_external_info(tensor)["length"])
+        elif is_external(tensor):
             return True
         size += tensor.ByteSize()
     return size + sum(node.ByteSize() for node in model.graph.node) > PROTOBUF_LIMIT - (64 << 20)
@@ -182,14 +251,26 @@ def read_tensor_file(tensor, target: Path) -> np.ndarray:
 
 
 class ExternalData:
-    """Tensors whose data lies in files: the input's, in `source_folder`, and the new ones written
-    to `scratch` (the output's data file, being staged) instead of being held in memory."""
+    """Tensors whose data is not in memory: the input's, in its external files or (loaded lazily)
+    in the model file itself, and the new large ones of the main graph, written to `scratch` (the
+    output's data file, being staged) or, with `hold`, kept as arrays until the output is written."""
 
-    def __init__(self, source_folder: Path, scratch: Path | None = None):
-        self.source_folder = source_folder
+    def __init__(self, source: Path, scratch: Path | None = None):
+        self.source_folder = source.parent
+        self.model_file = source.name
         self.scratch = scratch
+        self.hold = False
         self.scratch_names: set[str] = set()
         self.scratch_size = 0
+        self.held: dict[str, np.ndarray] = {}
+
+    def takes(self, nbytes: int, main_graph: bool) -> bool:
+        """Whether `store` should take a new tensor of this size rather than the model's memory."""
+        return nbytes >= LARGE_TENSOR_BYTES and (self.scratch is not None or (self.hold and main_graph))
+
+    def is_inline(self, tensor) -> bool:
+        """Whether the tensor's data lies in the model file itself (left there by a lazy load)."""
+        return is_external(tensor) and _external_info(tensor).get("location") == self.model_file
 
     def file_of(self, tensor) -> Path:
         if tensor.name in self.scratch_names:
@@ -199,16 +280,27 @@ class ExternalData:
     def read(self, tensor) -> np.ndarray:
         if not is_external(tensor):
             return tensor_values(tensor)
+        if tensor.name in self.held:
+            return self.held[tensor.name]
         return read_tensor_file(tensor, self.file_of(tensor))
 
     def store(self, tensor, values: np.ndarray):
-        """Write `values` to the scratch file and point `tensor` at them."""
+        """Point `tensor` at `values`, written to the scratch file or held."""
+        if self.scratch is None:
+            values = np.ascontiguousarray(values)
+            values.flags.writeable = False
+            self.held[tensor.name] = values
+            point_to(tensor, HELD, 0, values.nbytes)
+            return
         values = np.ascontiguousarray(values.byteswap() if sys.byteorder == "big" else values)
         with open(self.scratch, "ab") as handle:
             values.tofile(handle)
         point_to(tensor, self.scratch.name, self.scratch_size, values.nbytes)
         self.scratch_names.add(tensor.name)
         self.scratch_size += values.nbytes
+
+
+HELD = "<held in memory by onnx-fuse>"  # never written: write_model puts the values in their place
 
 
 def point_to(tensor, location: str, offset: int, length: int):
@@ -256,13 +348,13 @@ def _check_graph(graph, outer: set, what: str):
 def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None, external: "ExternalData | None",
                      replace_input: bool = False) -> str | None:
     """The data file to write beside `path`, or None when the model fits in one file."""
-    if data_name is None and not needs_external_data(model):
+    if data_name is None and not needs_external_data(model, external):
         return None
     data_name = data_name or f"{path.name}.data"
     if Path(data_name).name != data_name or data_name == path.name:
         raise InputError(f"--external-data {data_name!r}: give a plain file name other than the model's")
     inputs = {external_file(t, external.source_folder).resolve() for t in external_tensors(model)
-              if external is None or t.name not in external.scratch_names} if external else set()
+              if t.name not in external.scratch_names and t.name not in external.held} if external else set()
     if not replace_input and (path.parent / data_name).resolve() in inputs:
         raise InputError(f"{path.parent / data_name} holds the input's external data and would be "
                          f"replaced; choose another name with --external-data NAME")
@@ -321,8 +413,13 @@ class staged:
 def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData | None" = None,
                 data_name: str | None = None, threshold: int = 1024):
     """Write the model file at `path`, and with `data_name` its large tensors to that file beside
-    it (appended to the staged scratch data, when the passes already wrote new tensors there)."""
+    it (appended to the staged scratch data, when the passes already wrote new tensors there).
+    Without `data_name`, tensors still in files or held go into the model file as it is written,
+    and the model is left without its initializers."""
     if data_name is None:
+        if external is not None and any(is_external(t) for t in model.graph.initializer):
+            _write_streamed(model, path, external)
+            return
         with open(path, "wb") as handle:
             handle.write(model.SerializeToString())
         return
@@ -332,17 +429,13 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
         os.replace(scratch, data_path)
     offset = data_path.stat().st_size if data_path.exists() else 0
     kept = external.scratch_names if external is not None else set()
-    with open(data_path, "ab") as data:
+    with open(data_path, "ab", buffering=0) as data:
         for tensor in all_tensors(model):
             if tensor.name in kept and is_external(tensor):
                 point_to(tensor, data_name, *_external_span(tensor, data_path))
                 continue
             if is_external(tensor):
-                target = external.file_of(tensor)
-                start, length = _external_span(tensor, target)
-                with open(target, "rb") as source:
-                    source.seek(start)
-                    _copy_span(source, data, length)
+                length = _write_data(data, tensor, external)
             elif tensor.HasField("raw_data") and tensor.ByteSize() >= threshold:
                 length = len(tensor.raw_data)
                 data.write(tensor.raw_data)
@@ -354,10 +447,80 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
         handle.write(model.SerializeToString())
 
 
-def _copy_span(source, target, length: int, chunk: int = 64 << 20):
-    while length > 0:
-        block = source.read(min(chunk, length))
+def _write_data(out, tensor, external: ExternalData) -> int:
+    """Write the data of a tensor that is not in memory (held, or in a file) to the unbuffered
+    file `out`; returns its length."""
+    if tensor.name in external.held:
+        values = external.held[tensor.name]
+        values = values.byteswap() if sys.byteorder == "big" else values
+        _write_all(out, memoryview(values).cast("B"))
+        return values.nbytes
+    target = external.file_of(tensor)
+    start, length = _external_span(tensor, target)
+    with open(target, "rb") as source:
+        _copy_span(source, out, start, length)
+    return length
+
+
+def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
+    """Write the model in one file without first serializing its weights into memory: the
+    initializers go, each with its data, at the end of the graph's bytes."""
+    entries = []  # (serialized tensor, or one without its data; the tensor when its data follows)
+    for tensor in model.graph.initializer:
+        if not is_external(tensor):
+            entries.append((tensor.SerializeToString(), None, 0))
+            continue
+        shell = onnx.TensorProto()
+        shell.CopyFrom(tensor)
+        shell.ClearField("data_location")
+        del shell.external_data[:]
+        entries.append((shell.SerializeToString(), tensor, int(_external_info(tensor)["length"])))
+    del model.graph.initializer[:]
+    whole = model.SerializeToString()
+    graph_field, graph_start, graph_end = wire.only_field(whole, 0, len(whole), wire.MODEL_GRAPH)
+    heads = []
+    for shell, tensor, length in entries:
+        data_head = wire.length_delimited(wire.TENSOR_RAW_DATA, length) if tensor is not None else b""
+        heads.append(wire.length_delimited(wire.GRAPH_INITIALIZER, len(shell) + len(data_head) + length)
+                     + shell + data_head)
+    graph_length = graph_end - graph_start + sum(len(head) + length for head, (_, _, length) in zip(heads, entries))
+    with open(path, "wb", buffering=0) as out:
+        pending = bytearray(whole[:graph_field])
+        pending += wire.length_delimited(wire.MODEL_GRAPH, graph_length)
+        pending += whole[graph_start:graph_end]
+        for head, (_, tensor, length) in zip(heads, entries):
+            pending += head
+            if tensor is not None:
+                _write_all(out, pending)
+                pending.clear()
+                if _write_data(out, tensor, external) != length:
+                    raise InputError(f"tensor '{tensor.name}' changed size while being written")
+        pending += whole[graph_end:]
+        _write_all(out, pending)
+
+
+def _write_all(out, data):
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def _copy_span(source, out, start: int, length: int, chunk: int = 64 << 20):
+    """Copy `length` bytes at `start` of the open file `source` to the unbuffered file `out`: by
+    the kernel where it can (no copy through this process), else a chunk at a time."""
+    end = start + length
+    try:
+        while start < end:
+            copied = os.copy_file_range(source.fileno(), out.fileno(), end - start, start)
+            if copied == 0:
+                raise InputError("external data ended early")
+            start += copied
+        return
+    except (AttributeError, OSError):
+        pass  # no copy_file_range here (or across these file systems): copy through memory
+    while start < end:
+        block = os.pread(source.fileno(), min(chunk, end - start), start)
         if not block:
             raise InputError("external data ended early")
-        target.write(block)
-        length -= len(block)
+        _write_all(out, block)
+        start += len(block)
