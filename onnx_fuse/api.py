@@ -46,15 +46,16 @@ class _Job:
     input_shapes: dict | None = None
     external: io.ExternalData | None = None
 
-    def run(self, deny=frozenset(), copy=True):
-        """Run the passes on the source (on a copy of it, unless copy=False)."""
+    def run(self, deny=frozenset(), copy=True, record=False):
+        """Run the passes on the source (on a copy of it, unless copy=False); with `record`, the
+        report lists every rewrite made."""
         result = self.source
         if copy:
             result = onnx.ModelProto()
             result.CopyFrom(self.source)
         report = Report()
         report.before = ModelStats.of(result)
-        PassManager(self.passes, report, self.fold_overridable, deny, self.external).run(result)
+        PassManager(self.passes, report, self.fold_overridable, deny, self.external, record).run(result)
         report.after = ModelStats.of(result)
         return result, report
 
@@ -83,14 +84,14 @@ class _Job:
         else:
             from .verify import VerificationError
 
-            result, report = self.run()
+            result, report = self.run(record=verify == "bisect")
             try:
                 report.verification = self.compare(result)
             except VerificationError:
                 if verify != "bisect":
                     raise
                 culprits = self.bisect(report.rewritten)
-                result, report = self.run(frozenset(culprits))
+                result, report = self.run(frozenset(culprits), record=True)
                 report.undone = culprits
                 report.verification = self.compare(result)
         report.seconds = time.perf_counter() - started

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from array import array
 from collections import defaultdict
 
 import numpy as np
@@ -35,8 +36,14 @@ def is_default_domain(node) -> bool:
     return node.domain in DEFAULT_DOMAINS
 
 
+# Default-domain ops that have graph attributes; no other default-domain op may carry one.
+OPS_WITH_SUBGRAPHS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def subgraphs_of(node):
     """The GraphProto attributes of a node (If branches, Loop and Scan bodies)."""
+    if node.domain in DEFAULT_DOMAINS and node.op_type not in OPS_WITH_SUBGRAPHS:
+        return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
@@ -58,44 +65,63 @@ def free_names(graph) -> set[str]:
     return used - defined
 
 
-def all_names(model: onnx.ModelProto) -> set[str]:
-    """Every tensor and node name in the model, its subgraphs and its functions."""
-    names: set[str] = set()
+def name_hashes(model: onnx.ModelProto) -> np.ndarray:
+    """The hashes of every tensor and node name in the model, its subgraphs and its functions."""
+    hashes = array("q")
+
+    def add(names):
+        hashes.extend(map(hash, names))
 
     def visit_nodes(nodes):
         for node in nodes:
-            names.update(node.input)
-            names.update(node.output)
-            names.add(node.name)
+            add(node.input)
+            add(node.output)
+            hashes.append(hash(node.name))
             for sub in subgraphs_of(node):
                 visit_graph(sub)
 
     def visit_graph(graph):
-        names.update(t.name for t in graph.initializer)
-        names.update(vi.name for vi in graph.input)
-        names.update(vi.name for vi in graph.output)
+        for field in (graph.initializer, graph.sparse_initializer, graph.input, graph.output, graph.value_info):
+            add(item.name for item in field)
         visit_nodes(graph.node)
 
     visit_graph(model.graph)
     for function in model.functions:
-        names.update(function.input)
-        names.update(function.output)
+        add(function.input)
+        add(function.output)
         visit_nodes(function.node)
-    return names
+    return np.frombuffer(hashes, dtype=np.int64)
 
 
 class NameScope:
-    """Fresh, deterministic names that collide with nothing in the model."""
+    """Fresh, deterministic names that collide with nothing in the model.
 
-    def __init__(self, taken: set[str]):
-        self.taken = taken
+    The model's names are held as a sorted array of their hashes, not as strings (a large graph
+    has hundreds of thousands): a name whose hash is there counts as taken, so a hash collision
+    only skips a candidate, never reuses a name.
+    """
+
+    def __init__(self, hashes: np.ndarray):
+        self.hashes = np.sort(hashes)
+        self.added: set[str] = set()
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "NameScope":
+        return cls(name_hashes(model))
+
+    def taken(self, name: str) -> bool:
+        if name in self.added:
+            return True
+        key = hash(name)
+        at = int(np.searchsorted(self.hashes, key))
+        return at < len(self.hashes) and int(self.hashes[at]) == key
 
     def fresh(self, hint: str) -> str:
         name, n = hint, 0
-        while name in self.taken:
+        while self.taken(name):
             n += 1
             name = f"{hint}_{n}"
-        self.taken.add(name)
+        self.added.add(name)
         return name
 
 
@@ -120,7 +146,10 @@ class GraphView:
     """Producer/consumer index and constant lookup over one graph or function body.
 
     `container` is a GraphProto or a FunctionProto. `parent` is the view of the enclosing graph,
-    consulted for names a subgraph reads from outside.
+    consulted for names a subgraph reads from outside. Nodes are numbered by their position in
+    the container; nodes added by a rewrite get the numbers after the last. Edits are made to the
+    indexes at once and written to the container by `commit`. The indexes hold names and numbers,
+    no per-node objects, so that a graph of 100,000s of nodes stays small in memory.
     """
 
     def __init__(self, container, *, opset: int, ir_version: int, names: NameScope,
@@ -134,29 +163,31 @@ class GraphView:
         self.parent = parent
         self.fold_overridable = fold_overridable
         self.external = external  # io.ExternalData: where tensors left in files lie, where new ones go
-        self.nodes = list(container.node)
+        self.size = len(container.node)  # node numbers in use
+        self.edited: dict[int, onnx.NodeProto] = {}  # nodes that replaced one, or were added
         self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = defaultdict(list)
+        self.consumers: dict[str, int | list[int]] = {}  # one reader's number, or a list of several
         self.by_op: dict[str, list[int]] = defaultdict(list)  # default-domain nodes by op type
-        for index, node in enumerate(self.nodes):
+        for index, node in enumerate(container.node):
             self._index(index, node)
         if self.is_function:
-            self.initializers = {}
+            self.initializers: dict[str, int] = {}
             self.inputs = set(container.input)
             self.outputs = set(container.output)
         else:
-            self.initializers = {t.name: t for t in container.initializer}
+            # name -> position in container.initializer (new ones are appended; commit prunes)
+            self.initializers = {t.name: i for i, t in enumerate(container.initializer)}
             self.inputs = {vi.name for vi in container.input}
             self.outputs = {vi.name for vi in container.output}
         # IR < 4 lists every initializer of the main graph among its inputs.
         self.initializers_are_inputs = not self.is_function and parent is None and ir_version < 4
         self.removed: set[int] = set()
-        self.maybe_unused: set[str] = set()
+        self.maybe_unused: list[str] = []  # names that lost a reader (may repeat)
+        self.unused_candidates: set[str] = set()  # initializers to check at commit
         self.vanished: set[str] = set()
         self.new_initializers: list[str] = []
         self.new_constant_nodes: list[onnx.NodeProto] = []
         self.placed_after: dict[int, list[int]] = {}
-        self.replaced: set[int] = set()
         self._to_release: list[str] = []
         self.changed = False
         self._constants: dict[str, np.ndarray | None] = {}
@@ -173,29 +204,59 @@ class GraphView:
         if node.domain in DEFAULT_DOMAINS:
             self.by_op[node.op_type].append(index)
         for name in self._reads(node):
-            self.consumers[name].append(index)
+            self._add_read(name, index)
         for name in node.output:
             if name:
                 self.producer[name] = index
 
+    def _add_read(self, name: str, index: int):
+        readers = self.consumers.get(name)
+        if readers is None:
+            self.consumers[name] = index
+        elif isinstance(readers, int):
+            self.consumers[name] = [readers, index]
+        else:
+            readers.append(index)
+
+    def _drop_read(self, name: str, index: int):
+        readers = self.consumers[name]
+        if isinstance(readers, int):
+            del self.consumers[name]
+        else:
+            readers.remove(index)
+            if len(readers) == 1:
+                self.consumers[name] = readers[0]
+        self._became_unread(name)
+
     def _unindex(self, index, node):
         for name in self._reads(node):
-            self.consumers[name].remove(index)
-            self._became_unread(name)
+            self._drop_read(name, index)
         for name in node.output:
             if name and self.producer.get(name) == index:
                 del self.producer[name]
 
+    def readers(self, name: str) -> list[int]:
+        """The numbers of the nodes reading `name` (a node reading it twice is listed twice)."""
+        readers = self.consumers.get(name)
+        if readers is None:
+            return []
+        return [readers] if isinstance(readers, int) else list(readers)
+
     def indices_of(self, op_types) -> list[int]:
-        """Indices of the default-domain nodes of these op types, in graph order (a node replaced
-        since may be listed under its old type too: check its op_type)."""
+        """Numbers of the default-domain nodes of these op types, in order (a node replaced since
+        may be listed under its old type too: check its op_type)."""
         found = set()
         for op in op_types:
             found.update(self.by_op.get(op, ()))
-        return sorted(found)
+        return sorted(found - self.removed)
 
     def node(self, index: int):
-        return self.nodes[index]
+        node = self.edited.get(index)
+        return node if node is not None else self.container.node[index]
+
+    def tensor(self, name: str):
+        """The TensorProto of an initializer."""
+        return self.container.initializer[self.initializers[name]]
 
     def producer_of(self, name: str):
         """Index of the node that computes `name`, or None (input, initializer, outer scope)."""
@@ -203,13 +264,15 @@ class GraphView:
 
     def consumer_count(self, name: str) -> int:
         """How many node inputs read `name`, counting a graph output as one more reader."""
-        return len(self.consumers.get(name, ())) + (1 if name in self.outputs else 0)
+        readers = self.consumers.get(name)
+        count = 0 if readers is None else 1 if isinstance(readers, int) else len(readers)
+        return count + (1 if name in self.outputs else 0)
 
     def sole_consumer(self, name: str):
         """The one node reading `name`, or None when it has several readers or is an output."""
-        readers = self.consumers.get(name, ())
-        if len(readers) == 1 and name not in self.outputs:
-            return readers[0]
+        readers = self.consumers.get(name)
+        if isinstance(readers, int) and name not in self.outputs:
+            return readers
         return None
 
     # ---- constants ---------------------------------------------------------------------
@@ -224,6 +287,11 @@ class GraphView:
             return None
         if name in self._constants:
             return self._constants[name]
+        if name in self.initializers:  # read again when asked: cheap, and not kept in memory
+            if self.is_overridable(name):
+                return None
+            tensor = self.tensor(name)
+            return self.external.read(tensor) if self.external is not None else tensor_values(tensor)
         value = self._compute_constant(name)
         if value is None or value.nbytes <= CACHED_CONSTANT_BYTES:
             self._constants[name] = value
@@ -232,7 +300,7 @@ class GraphView:
     def constant_type(self, name: str) -> tuple[tuple, np.dtype] | None:
         """(shape, dtype) of a constant, read from an initializer without decoding it."""
         if name in self.initializers and not self.is_overridable(name):
-            tensor = self.initializers[name]
+            tensor = self.tensor(name)
             return tuple(tensor.dims), helper.tensor_dtype_to_np_dtype(tensor.data_type)
         value = self.constant(name)
         return None if value is None else (value.shape, value.dtype)
@@ -251,17 +319,12 @@ class GraphView:
         return self.constant(name) is not None
 
     def _compute_constant(self, name):
-        if name in self.initializers:
-            if self.is_overridable(name):
-                return None
-            tensor = self.initializers[name]
-            return self.external.read(tensor) if self.external is not None else tensor_values(tensor)
         index = self.producer.get(name)
         if index is None:
             if name in self.inputs or self.parent is None:
                 return None
             return self.parent.constant(name)
-        node = self.nodes[index]
+        node = self.node(index)
         if not is_default_domain(node) or node.op_type not in CONSTANT_FOLDABLE_OPS:
             return None
         if node.op_type == "Constant":
@@ -314,7 +377,7 @@ class GraphView:
             return value.ndim
         index = self.producer.get(name)
         if index is not None:
-            node = self.nodes[index]
+            node = self.node(index)
             if is_default_domain(node) and node.op_type in ("Gemm", "Flatten"):
                 return 2
             if is_default_domain(node) and node.op_type == "Reshape":
@@ -331,38 +394,65 @@ class GraphView:
             tensor = numpy_helper.from_array(values, name)
             self.new_constant_nodes.append(helper.make_node("Constant", [], [name], value=tensor,
                                                             name=self.names.fresh(name + "_const")))
+            if values.nbytes <= CACHED_CONSTANT_BYTES:
+                self._constants[name] = values
         else:
             # written straight into the graph: no intermediate TensorProto to copy
             tensor = self.container.initializer.add()
             tensor.name = name
             tensor.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
             tensor.dims.extend(values.shape)
-            if self.external is not None and self.external.takes(values.nbytes, main_graph=self.parent is None):
-                self.external.store(tensor, values)
-            else:
-                tensor.raw_data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
-            self.initializers[name] = tensor
+            self._write_tensor(tensor, values)
+            self.initializers[name] = len(self.container.initializer) - 1
             self.new_initializers.append(name)
-        if values.nbytes <= CACHED_CONSTANT_BYTES:
-            self._constants[name] = values
         self.changed = True
         return name
 
+    def set_constant_input(self, index: int, slot: int, values: np.ndarray, hint: str):
+        """Make input `slot` of node `index` a constant with these values. An initializer only this
+        node reads, of the same shape and dtype, is written over in place (it keeps its name, and
+        no new tensor is made); otherwise a new constant is added."""
+        node = self.node(index)
+        old = node.input[slot] if slot < len(node.input) else ""
+        if (old in self.initializers and self.sole_consumer(old) == index and old not in self.inputs
+                and list(node.input).count(old) == 1):
+            tensor = self.tensor(old)
+            if (tuple(tensor.dims) == values.shape
+                    and tensor.data_type == helper.np_dtype_to_tensor_dtype(values.dtype)):
+                self._write_tensor(tensor, values)
+                self._constants.pop(old, None)
+                self.changed = True
+                return
+        self.set_input(index, slot, self.add_constant(values, hint))
+
+    def _write_tensor(self, tensor, values: np.ndarray):
+        """Give an initializer (already named and typed) these values: in memory, or to the
+        external store when it takes them."""
+        if self.external is not None and self.external.takes(values.nbytes, main_graph=self.parent is None):
+            self.external.store(tensor, values)
+            return
+        if self.external is not None:
+            self.external.held.pop(tensor.name, None)
+        for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                      "external_data"):
+            tensor.ClearField(field)
+        tensor.ClearField("data_location")
+        tensor.raw_data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
+
     def set_input(self, index: int, slot: int, name: str):
-        node = self.nodes[index]
+        node = self.node(index)
         while len(node.input) <= slot:
             node.input.append("")
         old = node.input[slot]
         if old:
-            self.consumers[old].remove(index)
-            self._became_unread(old)
+            self._drop_read(old, index)
         node.input[slot] = name
         if name:
-            self.consumers[name].append(index)
+            self._add_read(name, index)
         self.changed = True
 
     def remove_node(self, index: int):
-        node = self.nodes[index]
+        node = self.node(index)
         self._unindex(index, node)
         self.vanished.update(name for name in node.output if name)
         self.removed.add(index)
@@ -370,11 +460,10 @@ class GraphView:
 
     def replace_node(self, index: int, new_node):
         """Put `new_node` where node `index` stands (same position, so order stays topological)."""
-        old = self.nodes[index]
+        old = self.node(index)
         self._unindex(index, old)
         self.vanished.update(name for name in old.output if name)
-        self.nodes[index] = new_node
-        self.replaced.add(index)
+        self.edited[index] = new_node
         self._index(index, new_node)
         self.vanished.difference_update(new_node.output)
         self.changed = True
@@ -383,10 +472,12 @@ class GraphView:
         """Put several nodes, in order, where node `index` stands."""
         self.replace_node(index, new_nodes[0])
         for node in new_nodes[1:]:
-            self.nodes.append(node)
-            self._index(len(self.nodes) - 1, node)
+            added = self.size
+            self.size += 1
+            self.edited[added] = node
+            self._index(added, node)
             self.vanished.difference_update(node.output)
-            self.placed_after.setdefault(index, []).append(len(self.nodes) - 1)
+            self.placed_after.setdefault(index, []).append(added)
 
     def add_tensor(self, tensor):
         """Add an existing TensorProto (its name already unique in the model) as a constant."""
@@ -395,17 +486,13 @@ class GraphView:
                                                             name=self.names.fresh(tensor.name + "_const")))
         else:
             self.container.initializer.add().CopyFrom(tensor)
-            self.initializers[tensor.name] = self.container.initializer[-1]
+            self.initializers[tensor.name] = len(self.container.initializer) - 1
             self.new_initializers.append(tensor.name)
         self.changed = True
 
-    @property
-    def placed_by_insert(self) -> set:
-        return {i for placed in self.placed_after.values() for i in placed}
-
     def take_output(self, index: int, name: str):
         """Make node `index` compute `name` (whose producer was just removed) as its output 0."""
-        node = self.nodes[index]
+        node = self.node(index)
         old = node.output[0]
         del self.producer[old]
         self.vanished.add(old)
@@ -416,7 +503,7 @@ class GraphView:
 
     def sweep(self):
         """Mark every initializer for the unused check at the next commit (after subgraph edits)."""
-        self.maybe_unused.update(self.initializers)
+        self.maybe_unused.extend(self.initializers)
         self.changed = True
 
     def _removable_initializer(self, name: str) -> bool:
@@ -424,7 +511,7 @@ class GraphView:
                 and (name not in self.inputs or self.initializers_are_inputs))
 
     def _became_unread(self, name: str):
-        self.maybe_unused.add(name)
+        self.maybe_unused.append(name)
         self._to_release.append(name)
 
     def release_unused(self):
@@ -432,89 +519,99 @@ class GraphView:
         that a large model does not hold old and folded weights at once."""
         for name in self._to_release:
             if self._removable_initializer(name) and self.producer.get(name) is None:
-                self.initializers[name].ClearField("raw_data")
+                self.tensor(name).ClearField("raw_data")
+                if self.external is not None:
+                    self.external.held.pop(name, None)
         self._to_release.clear()
-
-    def sweep(self):
-        """Mark every initializer for the unused check at the next commit (after subgraph edits)."""
-        self.maybe_unused.update(self.initializers)
-        self.changed = True
 
     # ---- commit ------------------------------------------------------------------------
     def _unused(self, name: str) -> bool:
-        return not self.consumers.get(name) and name not in self.outputs
+        return name not in self.consumers and name not in self.outputs
 
-    def commit(self) -> bool:
-        """Write the edits back: drop what became unused, rebuild the node list. True if changed."""
-        if not self.changed:
-            return False
-        dead = set()
-        pending = list(self.maybe_unused) + list(self.new_initializers)
+    def collect(self):
+        """Remove the pure nodes whose outputs nothing reads any more (between rounds: a dead
+        reader must not count as a consumer), and note the initializers that may have gone."""
+        pending = self.maybe_unused + self.new_initializers
+        self.maybe_unused = []
         while pending:
             name = pending.pop()
             if not self._unused(name):
                 continue
             index = self.producer.get(name)
             if index is not None:
-                node = self.nodes[index]
+                node = self.node(index)
                 if (index not in self.removed and is_default_domain(node)
                         and node.op_type in CONSTANT_FOLDABLE_OPS
                         and all(self._unused(out) for out in node.output if out)):
                     self.remove_node(index)
                     pending.extend(n for n in node.input if n)
-            elif self._removable_initializer(name):
-                dead.add(name)
-        # constants made in this round and already replaced by a later fold
+            elif name in self.initializers:
+                self.unused_candidates.add(name)
+
+    def commit(self) -> bool:
+        """Write the edits back: drop what became unused, rebuild the node list. True if changed."""
+        if not self.changed:
+            return False
+        self.collect()
+        dead = {name for name in self.unused_candidates if self._removable_initializer(name)}
+        # constants made in functions and already replaced by a later fold
         self.new_constant_nodes = [n for n in self.new_constant_nodes if not self._unused(n.output[0])]
         self._write_nodes()
+        self.changed = False
         if self.is_function:
             return True
         graph = self.container
-        if dead:
-            prune(graph.initializer, lambda t: t.name not in dead)
         if self.initializers_are_inputs:
             listed_inputs = [vi for vi in graph.input if vi.name not in dead]
-            listed_inputs += [helper.make_tensor_value_info(n, self.initializers[n].data_type,
-                                                            list(self.initializers[n].dims))
+            listed_inputs += [helper.make_tensor_value_info(n, self.tensor(n).data_type, list(self.tensor(n).dims))
                               for n in self.new_initializers if n not in dead]
             del graph.input[:]
             graph.input.extend(listed_inputs)
+        if dead:  # positions in self.initializers are void from here on
+            prune(graph.initializer, lambda t: t.name not in dead)
         vanished = self.vanished - set(self.producer)
         if vanished:
             prune(graph.value_info, lambda vi: vi.name not in vanished)
         return True
 
     def _write_nodes(self):
+        """Put the edits into the container's node list. Kept nodes are moved, never copied: the
+        added ones are appended, then a stable sort puts every node in its final place and the
+        removed ones at the end, where they are cut off."""
         nodes = self.container.node
-        if self.placed_after or self.new_constant_nodes:
-            order = []
-            for i in range(len(self.nodes)):
-                if i in self.placed_by_insert:
-                    continue
-                order.append(i)
-                order.extend(self.placed_after.get(i, ()))
-            kept = self.new_constant_nodes + [self.nodes[i] for i in order if i not in self.removed]
-            del nodes[:]
-            nodes.extend(kept)
+        count = len(nodes)
+        for i, node in self.edited.items():
+            if i < count and i not in self.removed:
+                nodes[i].CopyFrom(node)
+        for i in range(count, self.size):  # appended in number order: position == number
+            nodes.add().CopyFrom(self.edited[i])
+        for node in self.new_constant_nodes:
+            nodes.add().CopyFrom(node)
+        if not (self.removed or self.placed_after or self.new_constant_nodes):
             return
-        # same positions: copy in the replaced nodes, then drop the removed ones
-        for i in self.replaced - self.removed:
-            nodes[i].CopyFrom(self.nodes[i])
-        removed = self.removed
-        prune(nodes, lambda _node, i: i not in removed, with_index=True)
+        order = list(range(self.size, len(nodes)))  # new Constant nodes first
+        stack = list(range(count - 1, -1, -1))
+        while stack:  # each node, then the nodes placed after it (and after those), in order
+            i = stack.pop()
+            if i not in self.removed:
+                order.append(i)
+            stack.extend(reversed(self.placed_after.get(i, ())))
+        rank = [len(nodes)] * len(nodes)
+        for position, i in enumerate(order):
+            rank[i] = position
+        ranks = iter(rank)
+        nodes.sort(key=lambda _node: next(ranks))  # list.sort takes the keys in item order
+        del nodes[len(order):]
 
 
 def prune(repeated, keep, with_index: bool = False):
-    """Delete the items of a repeated protobuf field that `keep` rejects, without copying the rest
-    when only a few go (each deletion shifts pointers; many deletions rebuild the field)."""
-    doomed = [i for i, item in enumerate(repeated) if not (keep(item, i) if with_index else keep(item))]
-    if not doomed:
+    """Delete the items of a repeated protobuf field that `keep` rejects. The kept items are moved,
+    not copied (protobuf never frees a copied-over message): a stable sort sends the rejected ones
+    to the end, where they are cut off."""
+    doomed = [not (keep(item, i) if with_index else keep(item)) for i, item in enumerate(repeated)]
+    count = doomed.count(True)
+    if not count:
         return
-    if len(doomed) * len(repeated) <= 4_000_000:
-        for i in reversed(doomed):
-            del repeated[i]
-        return
-    doomed_set = set(doomed)
-    kept = [item for i, item in enumerate(repeated) if i not in doomed_set]
-    del repeated[:]
-    repeated.extend(kept)
+    flags = iter(doomed)
+    repeated.sort(key=lambda _item: next(flags))  # list.sort takes the keys in item order
+    del repeated[len(repeated) - count:]

@@ -101,15 +101,14 @@ def _write(view: GraphView, op: LinearOp, weight: np.ndarray, bias: np.ndarray):
     bias_dtype = op.bias.dtype if op.bias is not None else op.weight.dtype
     bias = fold.cast_like(bias, bias_dtype, f"{op.kind} bias")
     base = node.name or node.output[0]
-    weight_name = view.add_constant(weight, f"{base}_weight_fused")
-    bias_name = view.add_constant(bias, f"{base}_bias_fused")
     if op.kind == "MatMul":
-        gemm = helper.make_node("Gemm", [node.input[0], weight_name, bias_name], list(node.output),
-                                name=node.name)
+        gemm = helper.make_node("Gemm", [node.input[0], view.add_constant(weight, f"{base}_weight_fused"),
+                                         view.add_constant(bias, f"{base}_bias_fused")],
+                                list(node.output), name=node.name)
         view.replace_node(op.index, gemm)
         return
-    view.set_input(op.index, 1, weight_name)
-    view.set_input(op.index, 2, bias_name)
+    view.set_constant_input(op.index, 1, weight, f"{base}_weight_fused")
+    view.set_constant_input(op.index, 2, bias, f"{base}_bias_fused")
     if op.kind == "Gemm":
         keep = [a for a in node.attribute if a.name not in ("alpha", "beta")]
         del node.attribute[:]

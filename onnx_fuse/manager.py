@@ -10,7 +10,7 @@ import time
 import onnx
 
 from .fold import FoldError
-from .graph import GraphView, NameScope, all_names, is_default_domain, subgraphs_of
+from .graph import GraphView, NameScope, is_default_domain, subgraphs_of
 from .match import Refusal
 from .report import Report
 
@@ -28,17 +28,18 @@ def default_opset(opset_imports) -> int:
 
 class PassManager:
     def __init__(self, passes, report: Report, fold_overridable: bool = False, deny=frozenset(),
-                 external=None):
+                 external=None, record: bool = False):
         self.passes = list(passes)
         self.report = report
         self.fold_overridable = fold_overridable
         self.deny = deny  # (pass, where, node) of rewrites not to make
         self.external = external
+        self.record = record  # list every rewrite in report.rewritten (for --verify=bisect)
         self.names: NameScope | None = None
 
     def run(self, model: onnx.ModelProto) -> bool:
         """Rewrite `model` in place. True if anything changed."""
-        self.names = NameScope(all_names(model))
+        self.names = NameScope.of(model)
         opset = default_opset(model.opset_import)
         changed = self._scope(model.graph, opset, model.ir_version, parent=None, where="graph")
         for function in model.functions:
@@ -54,18 +55,20 @@ class PassManager:
 
     def _scope(self, container, opset, ir_version, parent, where) -> bool:
         changed = False
-        for _ in range(MAX_ROUNDS):
-            view = self._view(container, opset, ir_version, parent)
+        view = self._view(container, opset, ir_version, parent)
+        for _ in range(MAX_ROUNDS):  # until a round changes nothing
             refusals = {}
             round_changed = False
             for rule in self.passes:
                 started = time.perf_counter()
                 round_changed |= self._sweep(rule, view, refusals, where)
                 self.report.add_time(rule.name, time.perf_counter() - started)
-            view.commit()
+            view.collect()
             changed |= round_changed
             if not round_changed:
                 break
+        view.commit()
+        del view
         for (pass_name, node_name), reason in refusals.items():
             self.report.refuse(pass_name, where, node_name, reason)
         nested = False
@@ -88,7 +91,7 @@ class PassManager:
         for index in view.indices_of(rule.anchors):
             if index in view.removed:
                 continue
-            node = view.nodes[index]
+            node = view.node(index)
             if node.op_type not in rule.anchors or not is_default_domain(node):
                 continue
             match = rule.match(view, index)
@@ -110,7 +113,8 @@ class PassManager:
                 continue
             view.release_unused()
             self.report.count(rule.name)
-            self.report.rewritten.append(key)
+            if self.record:
+                self.report.rewritten.append(key)
             log.debug("%s: rewrote at %s (%s)", rule.name, label, where)
             changed = True
         return changed

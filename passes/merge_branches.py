@@ -120,7 +120,7 @@ class MergeBranches(Pass):
         return first_refusal
 
     def _against(self, view: GraphView, match: BranchSum, root: str):
-        readers = [i for i in view.consumers.get(root, ()) if is_op(view.node(i), "Conv")]
+        readers = [i for i in view.readers(root) if is_op(view.node(i), "Conv")]
         weights = [(i, view.constant_type(view.node(i).input[1])) for i in readers if len(view.node(i).input) > 1]
         reader, (shape, dtype) = next(((i, t) for i, t in weights if t is not None and len(t[0]) >= 3),
                                       (None, (None, None)))

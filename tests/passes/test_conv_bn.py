@@ -70,6 +70,29 @@ def test_fold_keeps_names_and_order_of_outputs():
     assert [i.name for i in result.graph.input] == [i.name for i in model.graph.input]
 
 
+def test_weight_read_only_by_the_conv_is_folded_in_place():
+    model = conv_bn_model()
+    weight, bias = model.graph.node[0].input[1:3]
+    result, _ = optimize(model)
+    assert list(result.graph.node[0].input[1:3]) == [weight, bias], "the folded tensors keep their names"
+    assert {t.name for t in result.graph.initializer} == {weight, bias}
+    assert not np.array_equal(numpy_helper.to_array(result.graph.initializer[0]),
+                              numpy_helper.to_array(model.graph.initializer[0]))
+    assert_same_function(model, result)
+
+
+def test_overridable_weight_is_not_changed_in_place():
+    model = conv_bn_model()
+    weight = model.graph.node[0].input[1]
+    model.graph.input.append(helper.make_tensor_value_info(weight, 1, [4, 4, 3, 3]))
+    result, _ = optimize(model, fold_overridable_initializers=True)
+    assert op_counts(result) == {"Conv": 1}
+    assert result.graph.node[0].input[1] != weight, "a graph input's default must keep its value"
+    kept = {t.name: t for t in result.graph.initializer}[weight]
+    assert kept == {t.name: t for t in model.graph.initializer}[weight]
+    assert_same_function(model, result)
+
+
 def test_shared_weight_is_not_changed_in_place():
     b = ModelBuilder()
     x = b.input([1, 4, 6, 6])
