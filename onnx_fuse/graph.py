@@ -66,7 +66,8 @@ def free_names(graph) -> set[str]:
 
 
 def name_hashes(model: onnx.ModelProto) -> np.ndarray:
-    """The hashes of every tensor and node name in the model, its subgraphs and its functions."""
+    """The hashes of every tensor and node name in the model, its subgraphs and its functions,
+    sorted."""
     hashes = array("q")
 
     def add(names):
@@ -90,7 +91,9 @@ def name_hashes(model: onnx.ModelProto) -> np.ndarray:
         add(function.input)
         add(function.output)
         visit_nodes(function.node)
-    return np.frombuffer(hashes, dtype=np.int64)
+    values = np.frombuffer(hashes, dtype=np.int64)
+    values.sort()  # in place, in the array's own buffer
+    return values
 
 
 class NameScope:
@@ -102,7 +105,7 @@ class NameScope:
     """
 
     def __init__(self, hashes: np.ndarray):
-        self.hashes = np.sort(hashes)
+        self.hashes = hashes  # sorted
         self.added: set[str] = set()
 
     @classmethod
@@ -165,25 +168,26 @@ class GraphView:
         self.external = external  # io.ExternalData: where tensors left in files lie, where new ones go
         self.size = len(container.node)  # node numbers in use
         self.edited: dict[int, onnx.NodeProto] = {}  # nodes that replaced one, or were added
-        self.producer: dict[str, int] = {}
+        # name -> the number of the node computing it, or -1 - its position in container.initializer
+        # (one dict for both: a large graph has 100,000s of names)
+        self.defs: dict[str, int] = {}
         self.consumers: dict[str, int | list[int]] = {}  # one reader's number, or a list of several
         self.by_op: dict[str, list[int]] = defaultdict(list)  # default-domain nodes by op type
         for index, node in enumerate(container.node):
             self._index(index, node)
         if self.is_function:
-            self.initializers: dict[str, int] = {}
             self.inputs = set(container.input)
             self.outputs = set(container.output)
         else:
-            # name -> position in container.initializer (new ones are appended; commit prunes)
-            self.initializers = {t.name: i for i, t in enumerate(container.initializer)}
+            for position, tensor in enumerate(container.initializer):  # new ones are appended
+                self.defs[tensor.name] = -1 - position
             self.inputs = {vi.name for vi in container.input}
             self.outputs = {vi.name for vi in container.output}
         # IR < 4 lists every initializer of the main graph among its inputs.
         self.initializers_are_inputs = not self.is_function and parent is None and ir_version < 4
         self.removed: set[int] = set()
         self.maybe_unused: list[str] = []  # names that lost a reader (may repeat)
-        self.unused_candidates: set[str] = set()  # initializers to check at commit
+        self.unused_candidates: list[str] = []  # initializers to check at commit (may repeat)
         self.vanished: set[str] = set()
         self.new_initializers: list[str] = []
         self.new_constant_nodes: list[onnx.NodeProto] = []
@@ -207,7 +211,7 @@ class GraphView:
             self._add_read(name, index)
         for name in node.output:
             if name:
-                self.producer[name] = index
+                self.defs[name] = index
 
     def _add_read(self, name: str, index: int):
         readers = self.consumers.get(name)
@@ -232,8 +236,8 @@ class GraphView:
         for name in self._reads(node):
             self._drop_read(name, index)
         for name in node.output:
-            if name and self.producer.get(name) == index:
-                del self.producer[name]
+            if name and self.defs.get(name) == index:
+                del self.defs[name]
 
     def readers(self, name: str) -> list[int]:
         """The numbers of the nodes reading `name` (a node reading it twice is listed twice)."""
@@ -256,11 +260,15 @@ class GraphView:
 
     def tensor(self, name: str):
         """The TensorProto of an initializer."""
-        return self.container.initializer[self.initializers[name]]
+        return self.container.initializer[-1 - self.defs[name]]
+
+    def is_initializer(self, name: str) -> bool:
+        return self.defs.get(name, 0) < 0
 
     def producer_of(self, name: str):
         """Index of the node that computes `name`, or None (input, initializer, outer scope)."""
-        return self.producer.get(name)
+        index = self.defs.get(name)
+        return index if index is not None and index >= 0 else None
 
     def consumer_count(self, name: str) -> int:
         """How many node inputs read `name`, counting a graph output as one more reader."""
@@ -278,7 +286,7 @@ class GraphView:
     # ---- constants ---------------------------------------------------------------------
     def is_overridable(self, name: str) -> bool:
         """An initializer listed as a graph input can be replaced at run time (IR version >= 4)."""
-        return (name in self.inputs and name in self.initializers and not self.initializers_are_inputs
+        return (name in self.inputs and self.is_initializer(name) and not self.initializers_are_inputs
                 and not self.fold_overridable)
 
     def constant(self, name: str) -> np.ndarray | None:
@@ -287,7 +295,7 @@ class GraphView:
             return None
         if name in self._constants:
             return self._constants[name]
-        if name in self.initializers:  # read again when asked: cheap, and not kept in memory
+        if self.is_initializer(name):  # read again when asked: cheap, and not kept in memory
             if self.is_overridable(name):
                 return None
             tensor = self.tensor(name)
@@ -299,7 +307,7 @@ class GraphView:
 
     def constant_type(self, name: str) -> tuple[tuple, np.dtype] | None:
         """(shape, dtype) of a constant, read from an initializer without decoding it."""
-        if name in self.initializers and not self.is_overridable(name):
+        if self.is_initializer(name) and not self.is_overridable(name):
             tensor = self.tensor(name)
             return tuple(tensor.dims), helper.tensor_dtype_to_np_dtype(tensor.data_type)
         value = self.constant(name)
@@ -311,15 +319,15 @@ class GraphView:
             return False
         if name in self._constants:
             return self._constants[name] is not None
-        if name in self.initializers:
+        if self.is_initializer(name):
             return not self.is_overridable(name)
-        index = self.producer.get(name)
+        index = self.producer_of(name)
         if index is None and (name in self.inputs or self.parent is None):
             return False
         return self.constant(name) is not None
 
     def _compute_constant(self, name):
-        index = self.producer.get(name)
+        index = self.producer_of(name)
         if index is None:
             if name in self.inputs or self.parent is None:
                 return None
@@ -375,7 +383,7 @@ class GraphView:
         value = self.constant(name)
         if value is not None:
             return value.ndim
-        index = self.producer.get(name)
+        index = self.producer_of(name)
         if index is not None:
             node = self.node(index)
             if is_default_domain(node) and node.op_type in ("Gemm", "Flatten"):
@@ -403,24 +411,30 @@ class GraphView:
             tensor.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
             tensor.dims.extend(values.shape)
             self._write_tensor(tensor, values)
-            self.initializers[name] = len(self.container.initializer) - 1
+            self.defs[name] = -len(self.container.initializer)
             self.new_initializers.append(name)
         self.changed = True
         return name
 
-    def set_constant_input(self, index: int, slot: int, values: np.ndarray, hint: str):
-        """Make input `slot` of node `index` a constant with these values. An initializer only this
-        node reads, of the same shape and dtype, is written over in place (it keeps its name, and
-        no new tensor is made); otherwise a new constant is added."""
+    def set_constant_input(self, index: int, slot: int, values: np.ndarray, hint: str, freed=()):
+        """Make input `slot` of node `index` a constant with these values, written over an
+        initializer where one is free to take them: the input's own, when only this node reads it,
+        or one of `freed`, (name, node) pairs of initializers only that node reads and that the
+        rewrite is about to remove. It must be of the same shape and dtype, and not a graph input.
+        It keeps its name, and no tensor is added; otherwise a new constant is."""
         node = self.node(index)
         old = node.input[slot] if slot < len(node.input) else ""
-        if (old in self.initializers and self.sole_consumer(old) == index and old not in self.inputs
-                and list(node.input).count(old) == 1):
-            tensor = self.tensor(old)
-            if (tuple(tensor.dims) == values.shape
-                    and tensor.data_type == helper.np_dtype_to_tensor_dtype(values.dtype)):
+        dtype = helper.np_dtype_to_tensor_dtype(values.dtype)
+        for name, reader in [(old, index), *freed]:
+            if not (self.is_initializer(name) and self.sole_consumer(name) == reader and name not in self.inputs
+                    and list(self.node(reader).input).count(name) == 1):
+                continue
+            tensor = self.tensor(name)
+            if tuple(tensor.dims) == values.shape and tensor.data_type == dtype:
                 self._write_tensor(tensor, values)
-                self._constants.pop(old, None)
+                self._constants.pop(name, None)
+                if name != old:
+                    self.set_input(index, slot, name)
                 self.changed = True
                 return
         self.set_input(index, slot, self.add_constant(values, hint))
@@ -486,7 +500,7 @@ class GraphView:
                                                             name=self.names.fresh(tensor.name + "_const")))
         else:
             self.container.initializer.add().CopyFrom(tensor)
-            self.initializers[tensor.name] = len(self.container.initializer) - 1
+            self.defs[tensor.name] = -len(self.container.initializer)
             self.new_initializers.append(tensor.name)
         self.changed = True
 
@@ -494,20 +508,20 @@ class GraphView:
         """Make node `index` compute `name` (whose producer was just removed) as its output 0."""
         node = self.node(index)
         old = node.output[0]
-        del self.producer[old]
+        del self.defs[old]
         self.vanished.add(old)
         node.output[0] = name
-        self.producer[name] = index
+        self.defs[name] = index
         self.vanished.discard(name)
         self.changed = True
 
     def sweep(self):
         """Mark every initializer for the unused check at the next commit (after subgraph edits)."""
-        self.maybe_unused.extend(self.initializers)
+        self.maybe_unused.extend(name for name, at in self.defs.items() if at < 0)
         self.changed = True
 
     def _removable_initializer(self, name: str) -> bool:
-        return (name in self.initializers and self._unused(name)
+        return (self.is_initializer(name) and self._unused(name)
                 and (name not in self.inputs or self.initializers_are_inputs))
 
     def _became_unread(self, name: str):
@@ -518,7 +532,7 @@ class GraphView:
         """Free the data of initializers nothing reads any more (they go at the next commit), so
         that a large model does not hold old and folded weights at once."""
         for name in self._to_release:
-            if self._removable_initializer(name) and self.producer.get(name) is None:
+            if self._removable_initializer(name):
                 self.tensor(name).ClearField("raw_data")
                 if self.external is not None:
                     self.external.held.pop(name, None)
@@ -537,7 +551,7 @@ class GraphView:
             name = pending.pop()
             if not self._unused(name):
                 continue
-            index = self.producer.get(name)
+            index = self.producer_of(name)
             if index is not None:
                 node = self.node(index)
                 if (index not in self.removed and is_default_domain(node)
@@ -545,31 +559,38 @@ class GraphView:
                         and all(self._unused(out) for out in node.output if out)):
                     self.remove_node(index)
                     pending.extend(n for n in node.input if n)
-            elif name in self.initializers:
-                self.unused_candidates.add(name)
+            elif self.is_initializer(name):
+                self.unused_candidates.append(name)
 
     def commit(self) -> bool:
-        """Write the edits back: drop what became unused, rebuild the node list. True if changed."""
+        """Write the edits back: drop what became unused, rebuild the node list. True if changed.
+        The view is spent afterwards: its indexes are freed before the writing starts."""
         if not self.changed:
             return False
         self.collect()
-        dead = {name for name in self.unused_candidates if self._removable_initializer(name)}
+        dead = {-1 - self.defs[name] for name in self.unused_candidates if self._removable_initializer(name)}
         # constants made in functions and already replaced by a later fold
         self.new_constant_nodes = [n for n in self.new_constant_nodes if not self._unused(n.output[0])]
-        self._write_nodes()
+        vanished = {name for name in self.vanished if name not in self.defs}
         self.changed = False
+        new_initializers = [(n, self.tensor(n)) for n in self.new_initializers] if self.initializers_are_inputs else []
+        self.consumers = self.defs = self.by_op = self._constants = None  # memory for the write
+        self._write_nodes()
         if self.is_function:
             return True
         graph = self.container
         if self.initializers_are_inputs:
-            listed_inputs = [vi for vi in graph.input if vi.name not in dead]
-            listed_inputs += [helper.make_tensor_value_info(n, self.tensor(n).data_type, list(self.tensor(n).dims))
-                              for n in self.new_initializers if n not in dead]
+            dead_names = {graph.initializer[i].name for i in dead}
+            listed_inputs = [vi for vi in graph.input if vi.name not in dead_names]
+            listed_inputs += [helper.make_tensor_value_info(n, t.data_type, list(t.dims))
+                              for n, t in new_initializers if n not in dead_names]
             del graph.input[:]
             graph.input.extend(listed_inputs)
-        if dead:  # positions in self.initializers are void from here on
-            prune(graph.initializer, lambda t: t.name not in dead)
-        vanished = self.vanished - set(self.producer)
+        if dead:
+            doomed = [False] * len(graph.initializer)
+            for i in dead:
+                doomed[i] = True
+            sort_and_cut(graph.initializer, doomed, len(doomed) - len(dead))
         if vanished:
             prune(graph.value_info, lambda vi: vi.name not in vanished)
         return True
@@ -599,19 +620,21 @@ class GraphView:
         rank = [len(nodes)] * len(nodes)
         for position, i in enumerate(order):
             rank[i] = position
-        ranks = iter(rank)
-        nodes.sort(key=lambda _node: next(ranks))  # list.sort takes the keys in item order
-        del nodes[len(order):]
+        sort_and_cut(nodes, rank, len(order))
 
 
-def prune(repeated, keep, with_index: bool = False):
-    """Delete the items of a repeated protobuf field that `keep` rejects. The kept items are moved,
-    not copied (protobuf never frees a copied-over message): a stable sort sends the rejected ones
-    to the end, where they are cut off."""
-    doomed = [not (keep(item, i) if with_index else keep(item)) for i, item in enumerate(repeated)]
+def sort_and_cut(repeated, keys: list, kept: int):
+    """Stable-sort the items of a repeated protobuf field by `keys` (one per item, in item order)
+    and keep the first `kept`. Items are moved, never copied (protobuf does not free a message
+    that is copied over)."""
+    order = iter(keys)
+    repeated.sort(key=lambda _item: next(order))  # list.sort computes the keys in item order
+    del repeated[kept:]
+
+
+def prune(repeated, keep):
+    """Delete the items of a repeated protobuf field that `keep` rejects."""
+    doomed = [not keep(item) for item in repeated]
     count = doomed.count(True)
-    if not count:
-        return
-    flags = iter(doomed)
-    repeated.sort(key=lambda _item: next(flags))  # list.sort takes the keys in item order
-    del repeated[len(repeated) - count:]
+    if count:
+        sort_and_cut(repeated, doomed, len(doomed) - count)

@@ -94,8 +94,9 @@ def read_linear(view: GraphView, index: int) -> LinearOp | Refusal:
     return LinearOp(index, kind, weight, None)
 
 
-def _write(view: GraphView, op: LinearOp, weight: np.ndarray, bias: np.ndarray):
-    """Give the operator new weight and bias initializers (MatMul becomes a Gemm)."""
+def _write(view: GraphView, op: LinearOp, weight: np.ndarray, bias: np.ndarray, freed=()):
+    """Give the operator its new weight and bias (MatMul becomes a Gemm); `freed` are the
+    (initializer, node) pairs the rewrite frees, whose tensors may take them."""
     node = view.node(op.index)
     weight = fold.cast_like(weight, op.weight.dtype, f"{op.kind} weight")
     bias_dtype = op.bias.dtype if op.bias is not None else op.weight.dtype
@@ -107,31 +108,41 @@ def _write(view: GraphView, op: LinearOp, weight: np.ndarray, bias: np.ndarray):
                                 list(node.output), name=node.name)
         view.replace_node(op.index, gemm)
         return
-    view.set_constant_input(op.index, 1, weight, f"{base}_weight_fused")
-    view.set_constant_input(op.index, 2, bias, f"{base}_bias_fused")
+    view.set_constant_input(op.index, 1, weight, f"{base}_weight_fused", freed)
+    view.set_constant_input(op.index, 2, bias, f"{base}_bias_fused", freed)
     if op.kind == "Gemm":
         keep = [a for a in node.attribute if a.name not in ("alpha", "beta")]
         del node.attribute[:]
         node.attribute.extend(keep)
 
 
-def fold_after(view: GraphView, op: LinearOp, a: np.ndarray, b: np.ndarray):
+def fold_after(view: GraphView, op: LinearOp, a: np.ndarray, b: np.ndarray, freed=()):
     """op(x) * a + b, per output channel, becomes op'(x). Raises FoldError before any edit."""
     if op.is_conv:
         weight, bias = fold.fold_affine_after_conv(op.weight, op.bias, a, b, op.groups,
                                                    transposed=op.kind == "ConvTranspose")
     else:
         weight, bias = fold.fold_affine_after_gemm(op.weight, op.bias, a, b, op.trans_b, op.alpha, op.beta)
-    _write(view, op, weight, bias)
+    _write(view, op, weight, bias, freed)
 
 
-def fold_before(view: GraphView, op: LinearOp, a: np.ndarray, b: np.ndarray):
+def fold_before(view: GraphView, op: LinearOp, a: np.ndarray, b: np.ndarray, freed=()):
     """op(x * a + b), per input channel, becomes op'(x). The caller has checked it is exact."""
     if op.is_conv:
         weight, bias = fold.fold_affine_before_conv(op.weight, op.bias, a, b, op.groups)
     else:
         weight, bias = fold.fold_affine_before_gemm(op.weight, op.bias, a, b, op.trans_b, op.alpha, op.beta)
-    _write(view, op, weight, bias)
+    _write(view, op, weight, bias, freed)
+
+
+def shift_operand(node, index: int):
+    """The (initializer, node) pair a removed affine node frees that can best hold a bias: the
+    BatchNormalization's B, or the constant operand of an Add or Sub."""
+    if node.op_type == "BatchNormalization":
+        return [(node.input[2], index)]
+    if node.op_type in ("Add", "Sub"):
+        return [(name, index) for name in node.input]
+    return []
 
 
 def read_affine(view: GraphView, node, x: str, rank: int, channels: int):
@@ -177,7 +188,7 @@ class FoldAffineAfterLinear(Pass):
 
     def rewrite(self, view: GraphView, match: LinearAffineMatch, plan):
         op, (a, b) = plan
-        fold_after(view, op, a, b)
+        fold_after(view, op, a, b, shift_operand(view.node(match.affine), match.affine))
         output = view.node(match.affine).output[0]
         view.remove_node(match.affine)
         view.take_output(op.index, output)

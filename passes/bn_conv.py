@@ -6,7 +6,7 @@ zeros after the shift, so a padded Conv is refused, as is a normalized tensor wi
 from dataclasses import dataclass
 
 from onnx_fuse.graph import GraphView
-from onnx_fuse.linear import fold_before, read_affine, read_linear
+from onnx_fuse.linear import fold_before, read_affine, read_linear, shift_operand
 from onnx_fuse.match import AFFINE_OPS, Refusal, attributes, conv_padding, is_op, single_use
 from onnx_fuse.rule import Pass
 
@@ -84,6 +84,6 @@ class BatchNormConv(Pass):
 
     def rewrite(self, view: GraphView, match: AffineLinearMatch, plan):
         op, (a, b) = plan
-        fold_before(view, op, a, b)
+        fold_before(view, op, a, b, shift_operand(view.node(match.affine), match.affine))
         view.set_input(op.index, 0, match.x)
         view.remove_node(match.affine)

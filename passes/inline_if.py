@@ -52,7 +52,7 @@ class InlineConstantIf(Pass):
             return Refusal("the If branch has a different number of outputs")
         defined = [t.name for t in branch.initializer] + [out for n in branch.node for out in n.output if out]
         clash = next((name for name in defined if view.producer_of(name) is not None
-                      or name in view.initializers or name in view.inputs), None)
+                      or view.is_initializer(name) or name in view.inputs), None)
         if clash is not None:
             return Refusal(f"the If branch defines '{clash}', a name the enclosing graph has too")
         return branch

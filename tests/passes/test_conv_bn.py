@@ -81,6 +81,27 @@ def test_weight_read_only_by_the_conv_is_folded_in_place():
     assert_same_function(model, result)
 
 
+def test_bias_goes_into_the_batchnorm_shift_it_replaces():
+    model = conv_bn_model(bias=False)
+    weight, shift = model.graph.node[0].input[1], model.graph.node[1].input[2]
+    result, _ = optimize(model)
+    assert list(result.graph.node[0].input[1:]) == [weight, shift]
+    assert {t.name for t in result.graph.initializer} == {weight, shift}
+    assert_same_function(model, result)
+
+
+def test_shared_batchnorm_shift_is_not_written_over():
+    model = conv_bn_model(bias=False)
+    shift = model.graph.node[1].input[2]
+    model.graph.node.append(helper.make_node("Neg", [shift], ["minus_shift"]))
+    model.graph.output.append(helper.make_tensor_value_info("minus_shift", 1, [4]))
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Neg": 1}
+    assert result.graph.node[0].input[2] != shift
+    assert {t.name: t for t in result.graph.initializer}[shift] == {t.name: t for t in model.graph.initializer}[shift]
+    assert_same_function(model, result)
+
+
 def test_overridable_weight_is_not_changed_in_place():
     model = conv_bn_model()
     weight = model.graph.node[0].input[1]
