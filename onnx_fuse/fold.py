@@ -6,6 +6,8 @@ the weight's dtype to `cast_like`, which refuses values the dtype cannot hold.
 
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 
@@ -42,13 +44,26 @@ def row_slabs(weight: np.ndarray):
 
 
 def scale_rows(weight, factor, what: str = "weight") -> np.ndarray:
-    """weight * factor(rows) computed in float64 slab by slab, returned in the weight's dtype.
-    `factor(rows)` gives the float64 factors that broadcast against weight[rows]."""
+    """weight * factor(rows) in the weight's dtype: each product is computed in float64 and
+    rounded once, slab by slab, without a float64 copy of the weight. `factor(rows)` gives the
+    float64 factors that broadcast against weight[rows]. Refuses a result that is not finite."""
     weight = np.asarray(weight)
     out = np.empty(weight.shape, dtype=weight.dtype)
-    for rows in row_slabs(weight):
-        out[rows] = cast_like(weight[rows].astype(np.float64) * factor(rows), weight.dtype, what)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        for rows in row_slabs(weight):
+            np.multiply(weight[rows], factor(rows), out=out[rows], dtype=np.float64, casting="unsafe")
+    check_finite(out, what)
     return out
+
+
+def check_finite(values: np.ndarray, what: str):
+    """Refuse folded values that became inf or NaN (max and min only: nothing is copied)."""
+    if values.size:
+        high, low = float(np.max(values)), float(np.min(values))  # NaN propagates through both
+        if not (math.isfinite(high) and math.isfinite(low)):
+            if math.isnan(high) or math.isnan(low):
+                raise FoldError(f"folded {what} is not finite")
+            raise FoldError(f"folded {what} overflows {values.dtype.name}")
 
 
 def conv_out_channels(weight_shape, groups: int, transposed: bool) -> int:
