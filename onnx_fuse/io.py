@@ -116,6 +116,8 @@ def _skeleton(buf) -> tuple[list, list]:
             continue
         index += 1
         if end - start < LARGE_TENSOR_BYTES:
+            if index >= 1024 and not lazy:
+                return [], []  # many small weights and no large one: an ordinary parse is as good
             continue
         raw = None
         for tensor_field, _, raw_field, raw_start, raw_end in wire.fields(buf, start, end):
@@ -518,8 +520,9 @@ def _copy_span(source, out, start: int, length: int, chunk: int = 64 << 20):
         return
     except (AttributeError, OSError):
         pass  # no copy_file_range here (or across these file systems): copy through memory
+    source.seek(start)
     while start < end:
-        block = os.pread(source.fileno(), min(chunk, end - start), start)
+        block = source.read(min(chunk, end - start))
         if not block:
             raise InputError("external data ended early")
         _write_all(out, block)
