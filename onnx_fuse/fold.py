@@ -254,13 +254,17 @@ def regroup(m: ConvMap, groups: int) -> ConvMap:
     return ConvMap(kernel, m.bias, groups, m.strides, m.dilations, m.pads, False, m.sources)
 
 
-def sum_maps(maps: list) -> ConvMap:
+def sum_maps(maps: list, input_lengths=None) -> ConvMap:
     """One convolution equal to the sum of several convolutions of the same input.
 
     Per spatial axis, branch b reads input positions t*s - L_b ... t*s + R_b (L_b = pad begin,
-    R_b = d*(k_b - 1) - L_b) and has E_b = pad end - R_b, which fixes its output length. The
-    branches line up when E_b is the same for all and every L - L_b is a multiple of the dilation;
-    the merged kernel then spans L = max L_b to R = max R_b and each branch sits at (L - L_b) / d.
+    R_b = d*(k_b - 1) - L_b) and has E_b = pad end - R_b: its output length is
+    floor((H - 1 + E_b) / s) + 1 for an input of length H. The branches line up when those lengths
+    agree and every L - L_b is a multiple of the dilation; the merged kernel then spans
+    L = max L_b to R = max R_b, each branch sits at (L - L_b) / d, and the merged pad end is
+    min E_b + R. Equal E_b agree for any H; different ones (a strided 'same' convolution beside a
+    1x1) only for some, so `input_lengths()` (the input's spatial lengths, None where unknown;
+    asked only then) must show it.
     """
     rank = maps[0].rank
     if any(m.rank != rank for m in maps):
@@ -290,8 +294,18 @@ def sum_maps(maps: list) -> ConvMap:
             k, begin, end = m.kernel.shape[2 + axis], m.pads[axis], m.pads[rank + axis]
             right = d * (k - 1) - begin
             reach.append((begin, right, end - right))
-        if len({e for _, _, e in reach}) != 1:
-            raise FoldError(f"branch outputs do not line up on spatial axis {axis} (pads)")
+        ends = {e for _, _, e in reach}
+        if len(ends) != 1:
+            known = input_lengths() if input_lengths is not None else None
+            s, length = maps[0].strides[axis], known[axis] if known else None
+            if s == 1:
+                raise FoldError(f"branch outputs do not line up on spatial axis {axis} (pads)")
+            if length is None:
+                raise FoldError(f"branch outputs line up on spatial axis {axis} only for some input "
+                                f"lengths (pads, stride {s}), and the model does not record its length")
+            if len({(length - 1 + e) // s for e in ends}) != 1:
+                raise FoldError(f"branch outputs do not line up on spatial axis {axis} (pads, stride {s}, "
+                                f"input length {length})")
         left, right = max(r[0] for r in reach), max(r[1] for r in reach)
         if any((left - b) % d or (right - r) % d for b, r, _ in reach):
             raise FoldError(f"branch kernel centres do not line up on spatial axis {axis}")
@@ -299,7 +313,7 @@ def sum_maps(maps: list) -> ConvMap:
         for i, (b, _, _) in enumerate(reach):
             offsets[i].append((left - b) // d)
         pads_begin.append(left)
-        pads_end.append(reach[0][2] + right)
+        pads_end.append(min(ends) + right)
     out, in_per_group = maps[0].kernel.shape[:2]
     kernel = np.zeros((out, in_per_group) + tuple(sizes))
     bias = np.zeros(out)

@@ -166,7 +166,8 @@ class GraphView:
         self.parent = parent
         self.fold_overridable = fold_overridable
         self.external = external  # io.ExternalData: where tensors left in files lie, where new ones go
-        self.size = len(container.node)  # node numbers in use
+        self.original_size = len(container.node)
+        self.size = self.original_size  # node numbers in use
         self.edited: dict[int, onnx.NodeProto] = {}  # nodes that replaced one, or were added
         # name -> the number of the node computing it, or -1 - its position in container.initializer
         # (one dict for both: a large graph has 100,000s of names)
@@ -196,6 +197,7 @@ class GraphView:
         self.changed = False
         self._constants: dict[str, np.ndarray | None] = {}
         self._value_info = None
+        self._inferred = None
 
     # ---- index -------------------------------------------------------------------------
     def _reads(self, node):
@@ -374,6 +376,35 @@ class GraphView:
                         self._value_info[vi.name] = [d.dim_value if d.HasField("dim_value") else None
                                                      for d in vi.type.tensor_type.shape.dim]
         return self._value_info.get(name)
+
+    def inferred_shape(self, name: str) -> list | None:
+        """The shape of `name` by onnx's shape inference over the main graph as it stands (None
+        for unknown dimensions, or when inference cannot tell). Run once, when first asked: only
+        the types of the weights go in, not their values."""
+        if self._inferred is None:
+            self._inferred = {}
+            if self.parent is None and not self.is_function:
+                self._inferred = self._infer_shapes()
+        return self._inferred.get(name)
+
+    def _infer_shapes(self) -> dict:
+        graph = self.container
+        skeleton = helper.make_graph([self.node(i) for i in self._order() if i not in self.removed], "shapes",
+                                     list(graph.input), list(graph.output))
+        listed = {vi.name for vi in graph.input}
+        for tensor in graph.initializer:
+            if tensor.name not in listed and self.is_initializer(tensor.name):
+                skeleton.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        model = helper.make_model(skeleton, opset_imports=[helper.make_opsetid("", self.opset)])
+        model.ir_version = max(self.ir_version, 4)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception as error:  # inference is a help here, never a requirement
+            log.debug("shape inference failed: %s", error)
+            return {}
+        return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+                for vi in inferred.graph.value_info
+                if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
 
     def rank(self, name: str) -> int | None:
         """The rank of `name` where the model records it, or where its producer fixes it."""
@@ -595,6 +626,16 @@ class GraphView:
             prune(graph.value_info, lambda vi: vi.name not in vanished)
         return True
 
+    def _order(self) -> list[int]:
+        """Node numbers in graph order: each node, then the nodes placed after it (and after those)."""
+        order = []
+        stack = list(range(self.original_size - 1, -1, -1))
+        while stack:
+            i = stack.pop()
+            order.append(i)
+            stack.extend(reversed(self.placed_after.get(i, ())))
+        return order
+
     def _write_nodes(self):
         """Put the edits into the container's node list. Kept nodes are moved, never copied: the
         added ones are appended, then a stable sort puts every node in its final place and the
@@ -611,12 +652,7 @@ class GraphView:
         if not (self.removed or self.placed_after or self.new_constant_nodes):
             return
         order = list(range(self.size, len(nodes)))  # new Constant nodes first
-        stack = list(range(count - 1, -1, -1))
-        while stack:  # each node, then the nodes placed after it (and after those), in order
-            i = stack.pop()
-            if i not in self.removed:
-                order.append(i)
-            stack.extend(reversed(self.placed_after.get(i, ())))
+        order += [i for i in self._order() if i not in self.removed]
         rank = [len(nodes)] * len(nodes)
         for position, i in enumerate(order):
             rank[i] = position

@@ -45,6 +45,14 @@ class Branches:
     dtype: np.dtype
     covered: set = field(default_factory=set)
     cost: int = 0
+    view: GraphView | None = None
+
+    def sizes(self):
+        """The root's spatial lengths (None where unknown), from the model or shape inference."""
+        shape = self.view.shape(self.root) or self.view.inferred_shape(self.root)
+        if shape is None or len(shape) != self.rank + 2:
+            return None
+        return shape[2:]
 
 
 def conv_map(view: GraphView, index: int) -> ConvMap | Refusal:
@@ -127,7 +135,7 @@ class MergeBranches(Pass):
         if reader is None:
             return Refusal(f"no Conv with a constant weight reads '{root}'")
         groups = int(attributes(view.node(reader)).get("group", 1))
-        branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype)
+        branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype, view=view)
         merged = self._express(view, view.node(match.anchor).output[0], branches, top=True)
         if isinstance(merged, Refusal):
             return merged
@@ -204,7 +212,7 @@ class MergeBranches(Pass):
                 if isinstance(inner, Refusal):
                     return inner
                 maps.append(fold.negate(inner) if op == "Sub" and position == 1 else inner)
-            return fold.sum_maps(maps)
+            return fold.sum_maps(maps, br.sizes)
         return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
 
     def _layout_branch(self, view, node, br: Branches):

@@ -105,3 +105,41 @@ def test_cast_like_keeps_dtype_and_refuses_overflow(dtype, too_large):
 def test_cast_like_refuses_nan():
     with pytest.raises(fold.FoldError, match="not finite"):
         fold.cast_like(np.array([np.nan]), np.float32, "w")
+
+
+def strided_conv1d(x, m: fold.ConvMap):
+    """Direct 1-D convolution of a ConvMap (groups 1): zero pads, stride, dilation."""
+    begin, end = m.pads
+    padded = np.pad(x, ((0, 0), (0, 0), (begin, end)))
+    s, d = m.strides[0], m.dilations[0]
+    k = m.kernel.shape[2]
+    length = (padded.shape[2] - d * (k - 1) - 1) // s + 1
+    taps = np.stack([padded[:, :, t * s: t * s + d * (k - 1) + 1: d] for t in range(length)], axis=2)
+    return np.einsum("nctk,ock->not", taps, m.kernel) + m.bias[None, :, None]
+
+
+def one_d_map(k, pads, stride=2, seed=0):
+    r = np.random.default_rng(seed)
+    return fold.ConvMap(r.standard_normal((3, 3, k)), r.standard_normal(3), 1, (stride,), (1,), tuple(pads))
+
+
+@pytest.mark.parametrize("length", [8, 9])
+def test_strided_same_padding_merges_where_the_outputs_line_up(length):
+    """Keras 'same' with stride 2: a 3x3 padded at the end only beside an unpadded 1x1. On an even
+    input both give length/2 outputs and the 1x1 sits at the kernel's first tap; on an odd one
+    the 3x3 pads 1 on each side and its 1x1 twin sits in the middle."""
+    pads3 = (0, 1) if length % 2 == 0 else (1, 1)
+    maps = [one_d_map(3, pads3), one_d_map(1, (0, 0), seed=1)]
+    x = rng.standard_normal((2, 3, length))
+    merged = fold.sum_maps(maps, lambda: [length])
+    assert merged.kernel.shape[2] == 3
+    np.testing.assert_allclose(strided_conv1d(x, merged), strided_conv1d(x, maps[0]) + strided_conv1d(x, maps[1]),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_strided_branches_that_line_up_only_for_some_lengths_need_the_length():
+    maps = [one_d_map(3, (0, 1)), one_d_map(1, (0, 0), seed=1)]
+    with pytest.raises(fold.FoldError, match="does not record its length"):
+        fold.sum_maps(maps, lambda: [None])
+    with pytest.raises(fold.FoldError, match="input length 9"):
+        fold.sum_maps(maps, lambda: [9])  # 4 outputs from the 3x3, 5 from the 1x1

@@ -182,6 +182,33 @@ def test_merge_kernels_that_are_not_centred_but_line_up():
     assert_same_function(model, result)
 
 
+def keras_same_stride_2(b, x):
+    """What tf2onnx writes for Keras padding='same', stride 2, on an even input: the 3x3 is
+    padded at the end only, the 1x1 not at all."""
+    return add(b, conv_bn(b, x, 3, 2, pads=[0, 0, 1, 1]), conv_bn(b, x, 1, 2, pads=[0] * 4))
+
+
+def test_strided_same_padding_merges_on_an_input_of_known_size():
+    model = block_model(keras_same_stride_2, size=8)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Relu": 1}, report.refused
+    assert_same_function(model, result)
+
+
+def test_strided_same_padding_merges_behind_a_layer_of_inferred_size():
+    model = block_model(lambda b, x: keras_same_stride_2(b, b.node("Relu", [x])), size=8)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Relu": 2}, report.refused
+    assert_same_function(model, result)
+
+
+def test_refuse_strided_same_padding_on_an_input_of_unknown_size():
+    b = ModelBuilder()
+    x = b.input([2, C, "height", "width"])
+    b.output(b.node("Relu", [keras_same_stride_2(b, x)]))
+    assert_unchanged(b.model(), "does not record its length", passes=["merge_branches"])
+
+
 def test_refuse_kernel_centres_between_dilated_taps():
     refuse(lambda b, x: add(b, conv(b, x, C, C, dilations=[2, 2], pads=[1, 1, 3, 3]), conv(b, x, C, C, k=1)),
            "centres do not line up")
