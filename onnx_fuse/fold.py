@@ -333,9 +333,11 @@ def negate(m: ConvMap) -> ConvMap:
 def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
     """second(first(x)) as one convolution, where that is exact.
 
-    Exact cases: `first` is 1x1, stride 1, unpadded and dense, and `second` pads nothing or
-    `first` has a zero bias (padding inserts zeros, not first's bias); or `second` is 1x1,
-    stride 1, unpadded and dense (it only mixes first's output channels).
+    Exact cases: `first` is 1x1, stride 1 and unpadded, and `second` pads nothing or `first` has
+    a zero bias (padding inserts zeros, not first's bias); or `second` is 1x1, stride 1 and
+    unpadded (it only mixes first's output channels). Both dense, or both with the same groups
+    (group j of first's output is then group j of second's input, and each group composes
+    alone); a diagonal map takes the other's groups.
     """
     def is_pointwise(m):
         return (all(k == 1 for k in m.kernel.shape[2:]) and all(s == 1 for s in m.strides)
@@ -343,20 +345,29 @@ def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
 
     if first.rank != second.rank or first.out_channels != second.in_channels:
         raise FoldError("the convolutions in sequence do not fit together")
-    first, second = regroup(first, 1), regroup(second, 1)
-    if first.groups != 1 or second.groups != 1:
-        raise FoldError("grouped convolutions in sequence do not compose into one")
+    rigid = {m.groups for m in (first, second) if not m.diagonal}
+    if len(rigid) > 1:
+        raise FoldError(f"convolutions in sequence with different groups {sorted(rigid)} do not compose into one")
+    groups = rigid.pop() if rigid else first.groups
+    first, second = regroup(first, groups), regroup(second, groups)
+    diagonal = first.diagonal and second.diagonal
+    sources = first.sources + second.sources
+    g = groups
     if is_pointwise(first) and (not any(second.pads) or not np.any(first.bias)):
-        mix = first.kernel.reshape(first.out_channels, first.in_channels)
-        # W[m, c, k] = sum_c' second[m, c', k] * first[c', c];  b = second_b + sum second[m, c', k] * first_b[c']
-        kernel = np.einsum("mj...,jc->mc...", second.kernel, mix)
-        bias = second.bias + second.kernel.sum(axis=tuple(range(2, second.kernel.ndim))) @ first.bias
-        return ConvMap(kernel, bias, 1, second.strides, second.dilations, second.pads, False,
-                       first.sources + second.sources)
+        mix = first.kernel.reshape(g, first.out_channels // g, -1)  # [g, M1/g, C1/g]
+        outer = second.kernel.reshape((g, second.out_channels // g) + second.kernel.shape[1:])
+        # W[m, c, k] = sum_j second[m, j, k] * first[j, c] within each group;
+        # b = second_b + sum_{j,k} second[m, j, k] * first_b[j]
+        kernel = np.einsum("gmj...,gjc->gmc...", outer, mix).reshape(
+            (second.out_channels, mix.shape[2]) + second.kernel.shape[2:])
+        taps = outer.sum(axis=tuple(range(3, outer.ndim)))  # [g, M2/g, M1/g]
+        bias = second.bias + np.einsum("gmj,gj->gm", taps, first.bias.reshape(g, -1)).reshape(-1)
+        return ConvMap(kernel, bias, g, second.strides, second.dilations, second.pads, diagonal, sources)
     if is_pointwise(second):
-        mix = second.kernel.reshape(second.out_channels, second.in_channels)
-        kernel = np.einsum("mj,jc...->mc...", mix, first.kernel)
-        bias = second.bias + mix @ first.bias
-        return ConvMap(kernel, bias, 1, first.strides, first.dilations, first.pads, False,
-                       first.sources + second.sources)
+        mix = second.kernel.reshape(g, second.out_channels // g, -1)  # [g, M2/g, M1/g]
+        inner = first.kernel.reshape((g, first.out_channels // g) + first.kernel.shape[1:])
+        kernel = np.einsum("gmj,gjc...->gmc...", mix, inner).reshape(
+            (second.out_channels,) + first.kernel.shape[1:])
+        bias = second.bias + np.einsum("gmj,gj->gm", mix, first.bias.reshape(g, -1)).reshape(-1)
+        return ConvMap(kernel, bias, g, first.strides, first.dilations, first.pads, diagonal, sources)
     raise FoldError("a padded convolution after a biased one does not compose exactly")

@@ -66,6 +66,13 @@ def dbb_unpadded(b, x):
     return add(b, conv_bn(b, x, 3, pads=[0] * 4), one_then_k, pool)
 
 
+def dbb_grouped(b, x):
+    """DBB in a grouped layer: each branch keeps the layer's groups, the 1x1 before the 3x3 too."""
+    one_then_k = conv_bn(b, conv_bn(b, x, 1, groups=2, pads=[0] * 4), 3, groups=2, pads=[0] * 4)
+    k_then_one = conv_bn(b, conv_bn(b, x, 3, groups=2, pads=[0] * 4), 1, groups=2, pads=[0] * 4)
+    return add(b, conv_bn(b, x, 3, groups=2, pads=[0] * 4), one_then_k, k_then_one)
+
+
 def repvit(b, x):
     return b.batchnorm(add(b, conv_bn(b, x, 3, groups=C), conv_bn(b, x, 1, groups=C, pads=[0] * 4), x), C)
 
@@ -100,6 +107,7 @@ BLOCKS = {
     "acnet": (acnet, {"Conv": 1, "Relu": 1}),
     "dbb-padded": (dbb_padded, {"Conv": 1, "Relu": 1}),
     "dbb-unpadded": (dbb_unpadded, {"Conv": 1, "Relu": 1}),
+    "dbb-grouped": (dbb_grouped, {"Conv": 1, "Relu": 1}),
     "repvit-post-sum-bn": (repvit, {"Conv": 1, "Relu": 1}),
     "fastvit-repmixer": (fastvit_repmixer, {"Conv": 1, "Relu": 1}),
     "ppyoloe-alpha": (ppyoloe_alpha, {"Conv": 1, "Identity": 1, "Relu": 1}),
@@ -239,6 +247,11 @@ def test_refuse_pool_that_excludes_padding():
         pool = b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1] * 4)
         return add(b, conv(b, x, C, C), pool)
     refuse(build, "count_include_pad=0")
+
+
+def test_refuse_convolutions_in_sequence_with_different_groups():
+    refuse(lambda b, x: add(b, conv(b, conv(b, x, C, C, k=1, groups=2, pads=[0] * 4), C, C, groups=4, pads=[0] * 4),
+                            conv(b, x, C, C, groups=4, pads=[0] * 4)), "different groups")
 
 
 def test_refuse_biased_1x1_before_padded_kxk():
