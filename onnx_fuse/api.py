@@ -45,6 +45,7 @@ class _Job:
     fold_overridable: bool = False
     input_shapes: dict | None = None
     external: io.ExternalData | None = None
+    progress: object = None  # called with a status line as the work goes on
 
     def run(self, deny=frozenset(), copy=True, record=False):
         """Run the passes on the source (on a copy of it, unless copy=False); with `record`, the
@@ -55,7 +56,8 @@ class _Job:
             result.CopyFrom(self.source)
         report = Report()
         report.before = ModelStats.of(result)
-        PassManager(self.passes, report, self.fold_overridable, deny, self.external, record).run(result)
+        PassManager(self.passes, report, self.fold_overridable, deny, self.external, record,
+                    self.progress).run(result)
         report.after = ModelStats.of(result)
         return result, report
 
@@ -63,6 +65,8 @@ class _Job:
         from .verify import compare
 
         folder = self.external.source_folder if self.external is not None else None
+        if self.progress is not None:
+            self.progress("verifying in onnxruntime")
         return compare(self.source, result, shapes=self.input_shapes, external_folder=folder)
 
     def matches(self, deny) -> bool:
@@ -144,18 +148,21 @@ def optimize(model, passes=None, skip=(), **options) -> onnx.ModelProto:
 
 def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, verify=False,
                   input_shapes: dict | None = None, fold_overridable_initializers: bool = False,
-                  external_data: str | None = None, external_threshold: int = 1024) -> Report:
+                  external_data: str | None = None, external_threshold: int = 1024, progress=None) -> Report:
     """Optimize the model at `src` and write it atomically to `dst`. Returns the Report.
 
     External data stays in its files while the passes run: only the weights a rewrite touches
     are read, and new large weights go straight to the output's data file (`external_data`,
     default dst's name + ".data"), written beside `dst` when the input had external data, the
-    result exceeds 2 GB, or `external_data` is given.
+    result exceeds 2 GB, or `external_data` is given. `progress`, if given, is called with a
+    one-line status (reading, rewrites per pass, verifying, writing) as the work goes on.
     """
+    progress = progress or (lambda _text: None)
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() and not inplace:
         raise io.InputError(f"{dst}: the output is the input; pass inplace=True (--inplace) to overwrite it")
     selected = select_passes(passes, skip)
+    progress("reading")
     source = io.load_path(src, lazy=True)
     io.check_input(source, str(src))
     external = io.ExternalData(src.resolve())
@@ -165,8 +172,9 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
             # new large weights go straight to the output's data file, or are held until written
             external.scratch = stage / data_name if data_name is not None else None
             external.hold = data_name is None
-        job = _Job(source, selected, fold_overridable_initializers, input_shapes, external)
+        job = _Job(source, selected, fold_overridable_initializers, input_shapes, external, progress)
         model, report = job.optimize(verify)
+        progress("writing")
         io.write_model(model, stage / dst.name, external=external, data_name=data_name,
                        threshold=external_threshold)
     return report

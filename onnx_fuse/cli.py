@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .api import list_passes, optimize_file
 from .io import InputError
+from .progress import Progress
 from .verify import VerificationError
 
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 2, 3, 4
@@ -152,8 +153,16 @@ def main(argv=None) -> int:
 
 
 def _one(source: Path, destination: Path, options: dict, args):
+    status = None
+    if not (args.quiet or args.verbose) and sys.stderr.isatty():  # a status line on a terminal, for long runs
+        status = Progress(sys.stderr, prefix=f"onnx-fuse: {source.name}: ")
+        options["progress"] = status
     try:
-        report = optimize_file(source, destination, **options)
+        try:
+            report = optimize_file(source, destination, **options)
+        finally:  # clear the status line before anything else is printed
+            if status is not None:
+                status.done()
     except InputError as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE, None

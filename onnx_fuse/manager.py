@@ -28,13 +28,14 @@ def default_opset(opset_imports) -> int:
 
 class PassManager:
     def __init__(self, passes, report: Report, fold_overridable: bool = False, deny=frozenset(),
-                 external=None, record: bool = False):
+                 external=None, record: bool = False, progress=None):
         self.passes = list(passes)
         self.report = report
         self.fold_overridable = fold_overridable
         self.deny = deny  # (pass, where, node) of rewrites not to make
         self.external = external
         self.record = record  # list every rewrite in report.rewritten (for --verify=bisect)
+        self.progress = progress  # called with a status line as the work goes on
         self.names: NameScope | None = None
 
     def run(self, model: onnx.ModelProto) -> bool:
@@ -115,6 +116,8 @@ class PassManager:
             self.report.count(rule.name)
             if self.record:
                 self.report.rewritten.append(key)
+            if self.progress is not None:
+                self.progress(f"{rule.name}: {self.report.passes[rule.name].rewrites} rewrites ({where})")
             log.debug("%s: rewrote at %s (%s)", rule.name, label, where)
             changed = True
         return changed
