@@ -9,15 +9,6 @@ from support import ModelBuilder, conv, op_counts
 from onnx_fuse.cli import EXIT_OK, EXIT_USAGE, main
 
 
-@pytest.fixture
-def model_file(tmp_path):
-    b = ModelBuilder()
-    b.output(b.batchnorm(conv(b, b.input([1, 4, 6, 6]), 4, 4), 4))
-    path = tmp_path / "in.onnx"
-    onnx.save(b.model(), str(path))
-    return path
-
-
 def test_module_entry_point_runs(model_file, tmp_path):
     out = tmp_path / "out.onnx"
     done = subprocess.run([sys.executable, "-m", "onnx_fuse", str(model_file), "-o", str(out)],

@@ -2,25 +2,14 @@
 
 import io
 
-import onnx
-from support import ModelBuilder, conv
-
 import onnx_fuse
 from onnx_fuse import cli
 from onnx_fuse.progress import Progress
 
 
-def conv_bn_file(tmp_path):
-    b = ModelBuilder()
-    b.output(b.batchnorm(conv(b, b.input([1, 4, 6, 6]), 4, 4), 4))
-    path = tmp_path / "m.onnx"
-    onnx.save(b.model(), str(path))
-    return path
-
-
-def test_optimize_file_reports_what_it_is_doing(tmp_path):
+def test_optimize_file_reports_what_it_is_doing(model_file, tmp_path):
     seen = []
-    onnx_fuse.optimize_file(conv_bn_file(tmp_path), tmp_path / "out.onnx", verify=True, progress=seen.append)
+    onnx_fuse.optimize_file(model_file, tmp_path / "out.onnx", verify=True, progress=seen.append)
     assert seen == ["reading", "conv_bn: 1 rewrites (graph)", "verifying in onnxruntime", "writing"]
 
 
@@ -47,8 +36,8 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_cli_status_line_on_a_terminal_only_and_gone_at_the_end(tmp_path, monkeypatch, capsys):
-    source = conv_bn_file(tmp_path)
+def test_cli_status_line_on_a_terminal_only_and_gone_at_the_end(model_file, tmp_path, monkeypatch, capsys):
+    source = model_file
     assert cli.main([str(source), "-o", str(tmp_path / "a.onnx")]) == cli.EXIT_OK
     assert "\r" not in capsys.readouterr().err  # not a terminal: no status
     terminal = Terminal()
@@ -56,5 +45,5 @@ def test_cli_status_line_on_a_terminal_only_and_gone_at_the_end(tmp_path, monkey
     monkeypatch.setattr(Progress.__init__, "__defaults__", ("", 0.0, 0.0))  # show every status
     assert cli.main([str(source), "-o", str(tmp_path / "b.onnx")]) == cli.EXIT_OK
     written = terminal.getvalue()
-    assert "onnx-fuse: m.onnx: reading" in written and "writing" in written
+    assert "onnx-fuse: in.onnx: reading" in written and "writing" in written
     assert written.endswith("\r") and written.rsplit("\r", 2)[-2].strip() == "", "the line is cleared"
