@@ -145,6 +145,12 @@ def constant_node_value(node) -> np.ndarray | None:
     return None
 
 
+def recorded_shapes(value_infos) -> dict[str, list]:
+    """name -> shape (None for unknown dimensions) of the tensors these ValueInfos give one for."""
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in value_infos if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
 class GraphView:
     """Producer/consumer index and constant lookup over one graph or function body.
 
@@ -369,12 +375,9 @@ class GraphView:
     def shape(self, name: str) -> list | None:
         """The shape the model records for `name` (None for unknown dimensions), if it does."""
         if self._value_info is None:
-            self._value_info = {}
-            if not self.is_function:
-                for vi in list(self.container.input) + list(self.container.output) + list(self.container.value_info):
-                    if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-                        self._value_info[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                                                     for d in vi.type.tensor_type.shape.dim]
+            graph = self.container
+            self._value_info = {} if self.is_function else recorded_shapes(
+                list(graph.input) + list(graph.output) + list(graph.value_info))
         return self._value_info.get(name)
 
     def inferred_shape(self, name: str) -> list | None:
@@ -402,9 +405,7 @@ class GraphView:
         except Exception as error:  # inference is a help here, never a requirement
             log.debug("shape inference failed: %s", error)
             return {}
-        return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-                for vi in inferred.graph.value_info
-                if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+        return recorded_shapes(inferred.graph.value_info)
 
     def rank(self, name: str) -> int | None:
         """The rank of `name` where the model records it, or where its producer fixes it."""

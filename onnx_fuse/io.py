@@ -121,7 +121,7 @@ def _skeleton(buf) -> tuple[list, list]:
             continue
         raw = None
         for tensor_field, _, raw_field, raw_start, raw_end in wire.fields(buf, start, end):
-            if tensor_field in (13, 14):  # external_data, data_location: leave such a tensor to onnx
+            if tensor_field in (wire.TENSOR_EXTERNAL_DATA, wire.TENSOR_DATA_LOCATION):  # leave it to onnx
                 raw = None
                 break
             if tensor_field == wire.TENSOR_RAW_DATA:
@@ -440,7 +440,7 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
                 length = _write_data(data, tensor, external)
             elif tensor.HasField("raw_data") and tensor.ByteSize() >= threshold:
                 length = len(tensor.raw_data)
-                data.write(tensor.raw_data)
+                _write_all(data, tensor.raw_data)
             else:
                 continue
             point_to(tensor, data_name, offset, length)

@@ -11,6 +11,8 @@ from __future__ import annotations
 MODEL_GRAPH = 7  # ModelProto.graph
 GRAPH_INITIALIZER = 5  # GraphProto.initializer
 TENSOR_RAW_DATA = 9  # TensorProto.raw_data
+TENSOR_EXTERNAL_DATA = 13  # TensorProto.external_data
+TENSOR_DATA_LOCATION = 14  # TensorProto.data_location
 LENGTH_DELIMITED = 2
 
 
