@@ -1,8 +1,7 @@
-"""Linear operators with constant weights (Conv, ConvTranspose, Gemm, MatMul) as values:
-read their weights, and write back folded weights as fresh initializers.
-
-A per-channel affine (x * a + b) next to one of them folds into its weights; `fold_after` and
-`fold_before` do that for every kind, so each pass only decides what to match.
+"""Linear operators with constant weights (Conv, ConvTranspose, Gemm, MatMul) as values, and the
+one mechanism by which a per-channel affine (x * a + b) next to one of them folds into its
+weights: `plan_fold` computes the folded weights when a pass checks, `apply_fold` writes them
+when it rewrites. The passes decide what to match; this is how every one of them folds.
 """
 
 from __future__ import annotations
@@ -13,10 +12,10 @@ import numpy as np
 from onnx import helper
 
 from . import fold
-from .graph import GraphView
-from .match import (Refusal, attributes, batchnorm_affine, elementwise_affine, has_attribute_refs,
-                    is_op, single_use)
-from .rule import Pass
+from .graph import Graph
+from .match import (affine_input, attributes, batchnorm_affine, elementwise_affine, has_attribute_refs, is_op,
+                    producer_if, single_use)
+from .rule import Plan, Refusal
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -55,22 +54,22 @@ class LinearOp:
         return self.weight.ndim if self.is_conv else 2
 
 
-def read_linear(view: GraphView, index: int) -> LinearOp | Refusal:
+def read_linear(graph: Graph, index: int) -> LinearOp | Refusal:
     """The linear operator at `index` with its constant weights, or why it is not one."""
-    node = view.node(index)
+    node = graph.node(index)
     if not is_op(node, *LINEAR_OPS):
         return Refusal(f"{node.op_type} is not a linear operator")
     if has_attribute_refs(node):
         return Refusal(f"{node.op_type} attributes refer to function attributes")
     attrs = attributes(node)
-    weight = view.constant(node.input[1]) if len(node.input) > 1 else None
+    weight = graph.constant(node.input[1]) if len(node.input) > 1 else None
     if weight is None:
         return Refusal(f"{node.op_type} weight '{node.input[1] if len(node.input) > 1 else ''}' is not a constant")
     if weight.dtype.kind != "f" and weight.dtype.name != "bfloat16":
         return Refusal(f"{node.op_type} weight is {weight.dtype.name}, not floating point")
     bias = None
     if len(node.input) > 2 and node.input[2]:
-        bias = view.constant(node.input[2])
+        bias = graph.constant(node.input[2])
         if bias is None:
             return Refusal(f"{node.op_type} bias '{node.input[2]}' is not a constant")
     kind = node.op_type
@@ -84,55 +83,33 @@ def read_linear(view: GraphView, index: int) -> LinearOp | Refusal:
     if weight.ndim != 2:
         return Refusal(f"{kind} weight has rank {weight.ndim}, not 2")
     if kind == "Gemm":
-        if view.opset < 7:
+        if graph.opset < 7:
             return Refusal("Gemm before opset 7 broadcasts C only with the broadcast attribute")
         return LinearOp(index, kind, weight, bias, trans_b=bool(attrs.get("transB", 0)),
                         alpha=float(attrs.get("alpha", 1.0)), beta=float(attrs.get("beta", 1.0)))
-    rank = view.rank(node.input[0])
+    rank = graph.rank(node.input[0])
     if rank != 2:
         return Refusal(f"MatMul input '{node.input[0]}' is not known to have rank 2")
     return LinearOp(index, kind, weight, None)
 
 
-def _write(view: GraphView, op: LinearOp, weight: np.ndarray, bias: np.ndarray, freed=()):
+def _write(graph: Graph, op: LinearOp, weight: np.ndarray, bias: np.ndarray, freed=()):
     """Give the operator its new weight and bias (MatMul becomes a Gemm); `freed` are the
     (initializer, node) pairs the rewrite frees, whose tensors may take them."""
-    node = view.node(op.index)
-    weight = fold.cast_like(weight, op.weight.dtype, f"{op.kind} weight")
-    bias_dtype = op.bias.dtype if op.bias is not None else op.weight.dtype
-    bias = fold.cast_like(bias, bias_dtype, f"{op.kind} bias")
+    node = graph.node(op.index)
     base = node.name or node.output[0]
     if op.kind == "MatMul":
-        gemm = helper.make_node("Gemm", [node.input[0], view.add_constant(weight, f"{base}_weight_fused"),
-                                         view.add_constant(bias, f"{base}_bias_fused")],
+        gemm = helper.make_node("Gemm", [node.input[0], graph.add_constant(weight, f"{base}_weight_fused"),
+                                         graph.add_constant(bias, f"{base}_bias_fused")],
                                 list(node.output), name=node.name)
-        view.replace_node(op.index, gemm)
+        graph.replace_node(op.index, gemm)
         return
-    view.set_constant_input(op.index, 1, weight, f"{base}_weight_fused", freed)
-    view.set_constant_input(op.index, 2, bias, f"{base}_bias_fused", freed)
+    graph.set_constant_input(op.index, 1, weight, f"{base}_weight_fused", freed)
+    graph.set_constant_input(op.index, 2, bias, f"{base}_bias_fused", freed)
     if op.kind == "Gemm":
         keep = [a for a in node.attribute if a.name not in ("alpha", "beta")]
         del node.attribute[:]
         node.attribute.extend(keep)
-
-
-def fold_after(view: GraphView, op: LinearOp, a: np.ndarray, b: np.ndarray, freed=()):
-    """op(x) * a + b, per output channel, becomes op'(x). Raises FoldError before any edit."""
-    if op.is_conv:
-        weight, bias = fold.fold_affine_after_conv(op.weight, op.bias, a, b, op.groups,
-                                                   transposed=op.kind == "ConvTranspose")
-    else:
-        weight, bias = fold.fold_affine_after_gemm(op.weight, op.bias, a, b, op.trans_b, op.alpha, op.beta)
-    _write(view, op, weight, bias, freed)
-
-
-def fold_before(view: GraphView, op: LinearOp, a: np.ndarray, b: np.ndarray, freed=()):
-    """op(x * a + b), per input channel, becomes op'(x). The caller has checked it is exact."""
-    if op.is_conv:
-        weight, bias = fold.fold_affine_before_conv(op.weight, op.bias, a, b, op.groups)
-    else:
-        weight, bias = fold.fold_affine_before_gemm(op.weight, op.bias, a, b, op.trans_b, op.alpha, op.beta)
-    _write(view, op, weight, bias, freed)
 
 
 def shift_operand(node, index: int):
@@ -145,50 +122,99 @@ def shift_operand(node, index: int):
     return []
 
 
-def read_affine(view: GraphView, node, x: str, rank: int, channels: int):
+def read_affine(graph: Graph, node, x: str, rank: int, channels: int):
     """BatchNormalization or Mul/Add/Sub/Div by a constant, applied to `x`, as (scale, shift)."""
     if node.op_type == "BatchNormalization":
         if node.input[0] != x:
             return Refusal(f"BatchNormalization does not normalize '{x}'")
-        return batchnorm_affine(view, node, channels)
-    return elementwise_affine(view, node, x, rank, channels, axis=1)
+        return batchnorm_affine(graph, node, channels)
+    return elementwise_affine(graph, node, x, rank, channels, axis=1)
 
 
 @dataclass(frozen=True)
-class LinearAffineMatch:
+class LinearAffine:
+    """A match: the linear operator `linear` and the affine node `affine` next to it."""
+
     linear: int
     affine: int
 
 
-class FoldAffineAfterLinear(Pass):
-    """`producers` op followed by an `anchors` op that is a per-channel affine -> one operator."""
+@dataclass
+class LinearFold(Plan):
+    """The plan of a fold into a linear operator: its new weight and bias (in their own dtypes),
+    the affine node that goes, the initializers that frees, and, for a fold of an affine before
+    the operator, the tensor the operator reads instead (`reads`)."""
 
-    producers: tuple[str, ...] = ()
+    op: LinearOp
+    affine: int
+    weight: np.ndarray
+    bias: np.ndarray
+    freed: list
+    reads: str | None = None
 
-    def match(self, view: GraphView, index: int):
-        node = view.node(index)
-        for name in node.input[:1] if node.op_type == "BatchNormalization" else node.input:
-            producer = view.producer_of(name)
-            if producer is not None and is_op(view.node(producer), *self.producers):
-                return LinearAffineMatch(producer, index)
-        return None
+    def takes(self) -> tuple[int, ...]:
+        return (self.op.index, self.affine)
 
-    def check(self, view: GraphView, match: LinearAffineMatch):
-        linear = view.node(match.linear)
-        refusal = single_use(view, linear.output[0], linear.op_type)
-        if refusal:
-            return refusal
-        op = read_linear(view, match.linear)
-        if isinstance(op, Refusal):
-            return op
-        affine = read_affine(view, view.node(match.affine), linear.output[0], op.out_rank, op.out_channels)
-        if isinstance(affine, Refusal):
-            return affine
-        return op, affine
 
-    def rewrite(self, view: GraphView, match: LinearAffineMatch, plan):
-        op, (a, b) = plan
-        fold_after(view, op, a, b, shift_operand(view.node(match.affine), match.affine))
-        output = view.node(match.affine).output[0]
-        view.remove_node(match.affine)
-        view.take_output(op.index, output)
+def plan_fold(graph: Graph, op: LinearOp, affine: int, a, b, reads: str | None = None) -> LinearFold | Refusal:
+    """The fold of the per-channel affine x * a + b at node `affine` into `op`: after it
+    (op(x) * a + b, per output channel), or before it when `reads` is given (op(x * a + b), per
+    input channel; the caller has checked that this is exact). Computed here, in float64, and
+    cast back to the weights' dtypes, so that the rewrite cannot fail."""
+    try:
+        if reads is None and op.is_conv:
+            weight, bias = fold.fold_affine_after_conv(op.weight, op.bias, a, b, op.groups,
+                                                       transposed=op.kind == "ConvTranspose")
+        elif reads is None:
+            weight, bias = fold.fold_affine_after_gemm(op.weight, op.bias, a, b, op.trans_b, op.alpha, op.beta)
+        elif op.is_conv:
+            weight, bias = fold.fold_affine_before_conv(op.weight, op.bias, a, b, op.groups)
+        else:
+            weight, bias = fold.fold_affine_before_gemm(op.weight, op.bias, a, b, op.trans_b, op.alpha, op.beta)
+        weight = fold.cast_like(weight, op.weight.dtype, f"{op.kind} weight")
+        bias = fold.cast_like(bias, op.bias.dtype if op.bias is not None else op.weight.dtype, f"{op.kind} bias")
+    except fold.FoldError as error:
+        return Refusal(str(error))
+    return LinearFold(op, affine, weight, bias, shift_operand(graph.node(affine), affine), reads)
+
+
+def match_affine_after(graph: Graph, index: int, *producers: str) -> LinearAffine | None:
+    """The match of a fold after a linear operator: the anchor at `index` is a BatchNormalization
+    of, or a Mul/Add/Sub/Div by a constant of, the output of a node of one of these op types."""
+    linear = producer_if(graph, affine_input(graph, graph.node(index)), *producers)
+    return None if linear is None else LinearAffine(linear, index)
+
+
+def linear_beside(graph: Graph, between: int, linear: int) -> LinearOp | Refusal:
+    """The linear operator at `linear`, whose weights must be constants, and which the node
+    `between` (the operator itself, or the affine before it) connects to the rest of the fold
+    alone: that node's output is read once, and is not a graph output."""
+    node = graph.node(between)
+    refusal = single_use(graph, node.output[0], node.op_type)
+    return refusal if refusal is not None else read_linear(graph, linear)
+
+
+def plan_affine_after(graph: Graph, match: LinearAffine) -> LinearFold | Refusal:
+    """The check shared by every fold of an affine after a linear operator: the operator's output
+    feeds only the affine, its weights are constant, and the affine is per output channel."""
+    op = linear_beside(graph, match.linear, match.linear)
+    if isinstance(op, Refusal):
+        return op
+    x = graph.node(match.linear).output[0]
+    affine = read_affine(graph, graph.node(match.affine), x, op.out_rank, op.out_channels)
+    if isinstance(affine, Refusal):
+        return affine
+    return plan_fold(graph, op, match.affine, *affine)
+
+
+def apply_fold(graph: Graph, match, plan: LinearFold):
+    """The rewrite of every fold pass: write the folded weights and take the affine node out of
+    the graph (the plan holds all it needs; `match` is the pass's, unused)."""
+    _write(graph, plan.op, plan.weight, plan.bias, plan.freed)
+    if plan.reads is None:  # the operator now computes what the affine did
+        output = graph.node(plan.affine).output[0]
+        graph.remove_node(plan.affine)
+        graph.take_output(plan.op.index, output)
+    else:
+        graph.set_input(plan.op.index, 0, plan.reads)
+        graph.remove_node(plan.affine)

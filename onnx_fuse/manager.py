@@ -9,10 +9,10 @@ import time
 
 import onnx
 
-from .fold import FoldError
-from .graph import GraphView, NameScope, is_default_domain, subgraphs_of
-from .match import Refusal
+from .graph import is_default_domain, subgraphs_of
 from .report import Report
+from .rule import ContractError, Plan, Refusal
+from .scope import GraphScope, NameScope
 
 log = logging.getLogger("onnx_fuse")
 
@@ -50,7 +50,7 @@ class PassManager:
         return changed
 
     def _view(self, container, opset, ir_version, parent):
-        return GraphView(container, opset=opset, ir_version=ir_version, names=self.names,
+        return GraphScope(container, opset=opset, ir_version=ir_version, names=self.names,
                          parent=parent, fold_overridable=self.fold_overridable,
                          external=self.external)
 
@@ -87,7 +87,7 @@ class PassManager:
             view.commit()
         return changed or nested
 
-    def _sweep(self, rule, view: GraphView, refusals: dict, where: str) -> bool:
+    def _sweep(self, rule, view: GraphScope, refusals: dict, where: str) -> bool:
         changed = False
         for index in view.indices_of(rule.anchors):
             if index in view.removed:
@@ -104,14 +104,13 @@ class PassManager:
                 refusals[(rule.name, label)] = "undone: this rewrite changed the outputs (--verify=bisect)"
                 continue
             plan = rule.check(view, match)
-            if not isinstance(plan, Refusal):
-                try:
-                    rule.rewrite(view, match, plan)
-                except FoldError as error:
-                    plan = Refusal(str(error))
             if isinstance(plan, Refusal):
                 refusals[(rule.name, label)] = plan.reason
                 continue
+            if not isinstance(plan, Plan):
+                raise ContractError(f"pass {rule.name}: check() returned {type(plan).__name__} {plan!r:.80}; "
+                                    f"it must return a Plan (rewrite) or a Refusal (why not)")
+            rule.rewrite(view, match, plan)
             view.release_unused()
             self.report.count(rule.name)
             if self.record:

@@ -6,22 +6,14 @@ Each reader returns a value on success and a `Refusal` (a reason a user can read
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from onnx import helper
 
 from .fold import FoldError, bn_as_affine
-from .graph import GraphView, is_default_domain
+from .graph import Graph, is_default_domain
+from .rule import Refusal
 
 AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a structurally matching rewrite was not made."""
-
-    reason: str
 
 
 def attributes(node) -> dict:
@@ -61,11 +53,31 @@ def is_op(node, *op_types) -> bool:
     return node is not None and is_default_domain(node) and node.op_type in op_types
 
 
-def single_use(view: GraphView, name: str, what: str) -> Refusal | None:
+def producer_if(graph: Graph, name: str | None, *op_types) -> int | None:
+    """The number of the default-domain node of one of these op types that computes `name`."""
+    producer = graph.producer_of(name) if name else None
+    return producer if producer is not None and is_op(graph.node(producer), *op_types) else None
+
+
+def affine_input(graph: Graph, node) -> str | None:
+    """The tensor a BatchNormalization normalizes, or the one non-constant operand of a Mul, Add,
+    Sub or Div whose other operand is a constant; None for any other node (x * sigmoid(x) is
+    not an affine of x)."""
+    if not is_default_domain(node):
+        return None
+    if node.op_type == "BatchNormalization":
+        return node.input[0]
+    if node.op_type not in AFFINE_OPS or len(node.input) != 2:
+        return None
+    variables = [name for name in node.input if not graph.is_constant(name)]
+    return variables[0] if len(variables) == 1 else None
+
+
+def single_use(graph: Graph, name: str, what: str) -> Refusal | None:
     """The rule every fold keeps: the intermediate has exactly one reader and is not an output."""
-    if name in view.outputs:
+    if name in graph.outputs:
         return Refusal(f"{what} output '{name}' is a graph output")
-    count = view.consumer_count(name)
+    count = graph.consumer_count(name)
     if count != 1:
         return Refusal(f"{what} output '{name}' has {count} consumers")
     return None
@@ -87,7 +99,7 @@ def per_channel_vector(value: np.ndarray, rank: int, channels: int, axis: int = 
     return np.broadcast_to(value.reshape(-1) if value.size > 1 else value.reshape(1), (channels,))
 
 
-def batchnorm_affine(view: GraphView, node, channels: int) -> tuple[np.ndarray, np.ndarray] | Refusal:
+def batchnorm_affine(graph: Graph, node, channels: int) -> tuple[np.ndarray, np.ndarray] | Refusal:
     """BatchNormalization in inference form as per-channel (scale, shift)."""
     if has_attribute_refs(node):
         return Refusal("BatchNormalization attributes refer to function attributes")
@@ -99,11 +111,11 @@ def batchnorm_affine(view: GraphView, node, channels: int) -> tuple[np.ndarray, 
     if attrs.get("spatial", 1) == 0:
         return Refusal("BatchNormalization spatial=0 normalizes per activation, not per channel")
     for extra in node.output[1:]:
-        if extra and view.consumer_count(extra):
+        if extra and graph.consumer_count(extra):
             return Refusal(f"BatchNormalization output '{extra}' (running statistics) is in use")
     params = []
     for role, name in zip(("scale", "bias", "mean", "var"), node.input[1:5]):
-        value = view.constant(name)
+        value = graph.constant(name)
         if value is None:
             return Refusal(f"BatchNormalization {role} '{name}' is not a constant")
         if value.size not in (1, channels) or value.ndim > 1:
@@ -115,14 +127,14 @@ def batchnorm_affine(view: GraphView, node, channels: int) -> tuple[np.ndarray, 
         return Refusal(str(error))
 
 
-def elementwise_affine(view: GraphView, node, x: str, rank: int, channels: int,
+def elementwise_affine(graph: Graph, node, x: str, rank: int, channels: int,
                        axis: int = 1) -> tuple[np.ndarray, np.ndarray] | Refusal:
     """Mul/Add/Sub/Div of `x` by a per-channel constant as (scale, shift): op(x, c) == x * a + b."""
     if len(node.input) != 2 or list(node.input).count(x) != 1:
         return Refusal(f"{node.op_type} does not read '{x}' exactly once")
     x_first = node.input[0] == x
     other = node.input[1] if x_first else node.input[0]
-    value = view.constant(other)
+    value = graph.constant(other)
     if value is None:
         return Refusal(f"{node.op_type} operand '{other}' is not a constant")
     if value.dtype.kind != "f":

@@ -3,12 +3,19 @@
 write BatchNormalization. Refuses c / x, division by zero, and constants that are not per-channel.
 """
 
-from onnx_fuse.linear import FoldAffineAfterLinear
+from onnx_fuse.graph import Graph
+from onnx_fuse.linear import LinearAffine, apply_fold, match_affine_after, plan_affine_after
 from onnx_fuse.match import AFFINE_OPS
+from onnx_fuse.rule import Pass
 
 
-class ConvAffine(FoldAffineAfterLinear):
+class ConvAffine(Pass):
     name = "conv_affine"
     summary = "Conv/ConvTranspose -> Mul/Add/Sub/Div by a per-channel constant: fold into the weights"
     anchors = AFFINE_OPS
-    producers = ("Conv", "ConvTranspose")
+
+    def match(self, graph: Graph, index: int) -> LinearAffine | None:
+        return match_affine_after(graph, index, "Conv", "ConvTranspose")
+
+    check = staticmethod(plan_affine_after)  # one reader, constant weights, a per-channel affine
+    rewrite = staticmethod(apply_fold)

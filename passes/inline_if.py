@@ -9,14 +9,25 @@ from dataclasses import dataclass
 
 from onnx import helper
 
-from onnx_fuse.graph import GraphView, subgraphs_of
-from onnx_fuse.match import Refusal, attributes
-from onnx_fuse.rule import Pass
+from onnx_fuse.graph import Graph, subgraphs_of
+from onnx_fuse.match import attributes
+from onnx_fuse.rule import Pass, Plan, Refusal
 
 
 @dataclass(frozen=True)
 class ConstantIf:
     index: int
+
+
+@dataclass
+class InlineBranch(Plan):
+    """The If at `index` gives way to the nodes of `branch`, the one it always takes."""
+
+    index: int
+    branch: object  # onnx.GraphProto
+
+    def takes(self) -> tuple[int, ...]:
+        return (self.index,)
 
 
 def rename_reads(nodes, renames: dict):
@@ -37,12 +48,12 @@ class InlineConstantIf(Pass):
     summary = "If with a constant condition: replaced by the branch it always takes"
     anchors = ("If",)
 
-    def match(self, view: GraphView, index: int):
+    def match(self, graph: Graph, index: int):
         return ConstantIf(index)
 
-    def check(self, view: GraphView, match: ConstantIf):
-        node = view.node(match.index)
-        condition = view.constant(node.input[0])
+    def check(self, graph: Graph, match: ConstantIf) -> InlineBranch | Refusal:
+        node = graph.node(match.index)
+        condition = graph.constant(node.input[0])
         if condition is None:
             return Refusal(f"the If condition '{node.input[0]}' is not a constant")
         if condition.size != 1:
@@ -51,14 +62,14 @@ class InlineConstantIf(Pass):
         if len(branch.output) != len(node.output):
             return Refusal("the If branch has a different number of outputs")
         defined = [t.name for t in branch.initializer] + [out for n in branch.node for out in n.output if out]
-        clash = next((name for name in defined if view.producer_of(name) is not None
-                      or view.is_initializer(name) or name in view.inputs), None)
+        clash = next((name for name in defined if graph.producer_of(name) is not None
+                      or graph.is_initializer(name) or name in graph.inputs), None)
         if clash is not None:
             return Refusal(f"the If branch defines '{clash}', a name the enclosing graph has too")
-        return branch
+        return InlineBranch(match.index, branch)
 
-    def rewrite(self, view: GraphView, match: ConstantIf, branch):
-        node = view.node(match.index)
+    def rewrite(self, graph: Graph, match: ConstantIf, plan: InlineBranch):
+        node, branch = graph.node(match.index), plan.branch
         produced = {out for n in branch.node for out in n.output}
         renames, identities = {}, []
         for inner, outer in zip(branch.output, node.output):
@@ -68,7 +79,7 @@ class InlineConstantIf(Pass):
                 renames[inner.name] = outer
             else:
                 identities.append(helper.make_node("Identity", [renames.get(inner.name, inner.name)], [outer],
-                                                   name=view.names.fresh(f"{outer}_inlined")))
+                                                   name=graph.fresh_name(f"{outer}_inlined")))
         nodes = []
         for original in branch.node:
             copy = helper.make_node(original.op_type, [], [])
@@ -79,8 +90,8 @@ class InlineConstantIf(Pass):
             nodes.append(copy)
         rename_reads(nodes, renames)
         for tensor in branch.initializer:
-            view.add_tensor(tensor)
+            graph.add_tensor(tensor)
         if nodes + identities:
-            view.replace_with_nodes(match.index, nodes + identities)
+            graph.replace_with_nodes(match.index, nodes + identities)
         else:
-            view.remove_node(match.index)
+            graph.remove_node(match.index)

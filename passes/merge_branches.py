@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import helper
 
-from onnx_fuse import fold
-from onnx_fuse.fold import ConvMap, FoldError
-from onnx_fuse.graph import GraphView
+from onnx_fuse import convmap, fold
+from onnx_fuse.convmap import ConvMap
+from onnx_fuse.fold import FoldError
+from onnx_fuse.graph import Graph
 from onnx_fuse.linear import read_linear
-from onnx_fuse.match import (Refusal, attributes, auto_pad, batchnorm_affine, conv_padding, elementwise_affine,
+from onnx_fuse.match import (attributes, auto_pad, batchnorm_affine, conv_padding, elementwise_affine,
                              has_attribute_refs, is_op)
-from onnx_fuse.rule import Pass
+from onnx_fuse.rule import Pass, Plan, Refusal
 
 LINEAR_STEPS = ("Conv", "AveragePool", "BatchNormalization", "Mul", "Add", "Sub", "Div", "Sum",
                 "Identity", "Transpose")
@@ -36,6 +37,20 @@ class BranchSum:
 
 
 @dataclass
+class MergePlan(Plan):
+    """The merged convolution of `branches.root` that replaces the sum at `anchor`."""
+
+    anchor: int
+    branches: "Branches"
+    merged: ConvMap
+    weight: np.ndarray  # merged.kernel and merged.bias in the weights' dtype
+    bias: np.ndarray
+
+    def takes(self) -> tuple[int, ...]:
+        return tuple(sorted(self.branches.covered | {self.anchor}))
+
+
+@dataclass
 class Branches:
     """What expressing the sum against one root found: the nodes it covers and what they cost."""
 
@@ -45,19 +60,19 @@ class Branches:
     dtype: np.dtype
     covered: set = field(default_factory=set)
     cost: int = 0
-    view: GraphView | None = None
+    graph: Graph | None = None
 
     def sizes(self):
         """The root's spatial lengths (None where unknown), from the model or shape inference."""
-        shape = self.view.shape(self.root) or self.view.inferred_shape(self.root)
+        shape = self.graph.shape(self.root) or self.graph.inferred_shape(self.root)
         if shape is None or len(shape) != self.rank + 2:
             return None
         return shape[2:]
 
 
-def conv_map(view: GraphView, index: int) -> ConvMap | Refusal:
-    node = view.node(index)
-    op = read_linear(view, index)
+def conv_map(graph: Graph, index: int) -> ConvMap | Refusal:
+    node = graph.node(index)
+    op = read_linear(graph, index)
     if isinstance(op, Refusal):
         return op
     rank = op.weight.ndim - 2
@@ -86,7 +101,7 @@ def average_pool_map(node, channels: int, rank: int) -> ConvMap | Refusal:
         return Refusal("AveragePool with dilations")
     if any(pads) and not attrs.get("count_include_pad", 0):
         return Refusal("AveragePool excludes the padding from its count (count_include_pad=0)")
-    return fold.average_pool_map(channels, kernel, attrs.get("strides", (1,) * rank), pads)
+    return convmap.average_pool_map(channels, kernel, attrs.get("strides", (1,) * rank), pads)
 
 
 class MergeBranches(Pass):
@@ -94,49 +109,50 @@ class MergeBranches(Pass):
     summary = "sums of parallel linear branches of one input (RepVGG, ACNet, DBB, MobileOne...): one Conv"
     anchors = ("Add", "Sum", "Sub")
 
-    def match(self, view: GraphView, index: int):
-        node = view.node(index)
-        if sum(1 for name in node.input if name and not view.is_constant(name)) < 2:
+    def match(self, graph: Graph, index: int):
+        node = graph.node(index)
+        if sum(1 for name in node.input if name and not graph.is_constant(name)) < 2:
             return None
         roots, seen, frontier, depth = {}, set(), [n for n in node.input if n], 0
         while frontier:
             depth += 1
             following = []
             for name in frontier:
-                producer = view.producer_of(name)
+                producer = graph.producer_of(name)
                 if producer is None or producer in seen:
                     continue
                 seen.add(producer)
-                step = view.node(producer)
+                step = graph.node(producer)
                 if not is_op(step, *LINEAR_STEPS):
                     continue
                 if step.op_type in ("Conv", "AveragePool"):
                     roots[step.input[0]] = max(depth, roots.get(step.input[0], 0))
-                following += [n for n in step.input if n and not view.is_constant(n)]
+                following += [n for n in step.input if n and not graph.is_constant(n)]
             frontier = following
         if not roots:
             return None
         return BranchSum(index, tuple(sorted(roots, key=lambda r: -roots[r])))
 
-    def check(self, view: GraphView, match: BranchSum):
+    def check(self, graph: Graph, match: BranchSum) -> MergePlan | Refusal:
         first_refusal = None
         for root in match.roots:
-            plan = self._against(view, match, root)
+            plan = self._against(graph, match, root)
             if not isinstance(plan, Refusal):
                 return plan
-            first_refusal = first_refusal or plan
+            if first_refusal is None:
+                first_refusal = plan
         return first_refusal
 
-    def _against(self, view: GraphView, match: BranchSum, root: str):
-        readers = [i for i in view.readers(root) if is_op(view.node(i), "Conv")]
-        weights = [(i, view.constant_type(view.node(i).input[1])) for i in readers if len(view.node(i).input) > 1]
+    def _against(self, graph: Graph, match: BranchSum, root: str):
+        readers = [i for i in graph.readers(root) if is_op(graph.node(i), "Conv")]
+        weights = [(i, graph.constant_type(graph.node(i).input[1])) for i in readers if len(graph.node(i).input) > 1]
         reader, (shape, dtype) = next(((i, t) for i, t in weights if t is not None and len(t[0]) >= 3),
                                       (None, (None, None)))
         if reader is None:
             return Refusal(f"no Conv with a constant weight reads '{root}'")
-        groups = int(attributes(view.node(reader)).get("group", 1))
-        branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype, view=view)
-        merged = self._express(view, view.node(match.anchor).output[0], branches, top=True)
+        groups = int(attributes(graph.node(reader)).get("group", 1))
+        branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype, graph=graph)
+        merged = self._express(graph, graph.node(match.anchor).output[0], branches, top=True)
         if isinstance(merged, Refusal):
             return merged
         if merged.diagonal:
@@ -144,103 +160,108 @@ class MergeBranches(Pass):
         if merged.macs_per_pixel > branches.cost:
             return Refusal(f"the merged Conv would do more work ({merged.macs_per_pixel} multiply-adds "
                            f"per output position) than the branches ({branches.cost})")
-        return branches, merged
+        try:
+            weight = fold.cast_like(merged.kernel, branches.dtype, "merged Conv weight")
+            bias = fold.cast_like(merged.bias, branches.dtype, "merged Conv bias")
+        except FoldError as error:
+            return Refusal(str(error))
+        return MergePlan(match.anchor, branches, merged, weight, bias)
 
-    def _express(self, view: GraphView, name: str, br: Branches, top=False) -> ConvMap | Refusal:
+    def _express(self, graph: Graph, name: str, br: Branches, top=False) -> ConvMap | Refusal:
         """`name` as one convolution of br.root, covering the nodes on the way."""
         if name == br.root:
             br.cost += br.channels
-            return fold.identity_map(br.channels, br.rank)
+            return convmap.identity_map(br.channels, br.rank)
         if not top:
-            if name in view.outputs:
+            if name in graph.outputs:
                 return Refusal(f"'{name}' inside the branches is a graph output")
-            if view.sole_consumer(name) is None:
-                return Refusal(f"'{name}' inside the branches has {view.consumer_count(name)} readers")
-        index = view.producer_of(name)
+            if graph.sole_consumer(name) is None:
+                return Refusal(f"'{name}' inside the branches has {graph.consumer_count(name)} readers")
+        index = graph.producer_of(name)
         if index is None:
             return Refusal(f"a branch reads '{name}', which is not computed from '{br.root}'")
-        node = view.node(index)
+        node = graph.node(index)
         if not is_op(node, *LINEAR_STEPS) or has_attribute_refs(node):
             return Refusal(f"{node.op_type} '{node.name}' in a branch is not linear")
         br.covered.add(index)
         try:
-            return self._step(view, node, index, br)
+            return self._step(graph, node, index, br)
         except FoldError as error:
             return Refusal(str(error))
 
-    def _step(self, view, node, index, br: Branches):
+    def _step(self, graph, node, index, br: Branches):
         op = node.op_type
         if op == "Identity":
-            return self._express(view, node.input[0], br)
+            return self._express(graph, node.input[0], br)
         if op == "Conv":
-            m = conv_map(view, index)
+            m = conv_map(graph, index)
             if isinstance(m, Refusal):
                 return m
             br.cost += m.macs_per_pixel
             if node.input[0] == br.root:
                 return m
-            inner = self._express(view, node.input[0], br)
-            return inner if isinstance(inner, Refusal) else fold.compose_maps(inner, m)
+            inner = self._express(graph, node.input[0], br)
+            return inner if isinstance(inner, Refusal) else convmap.compose_maps(inner, m)
         if op == "AveragePool":
-            inner = self._express(view, node.input[0], br)
+            inner = self._express(graph, node.input[0], br)
             if isinstance(inner, Refusal):
                 return inner
             pool = average_pool_map(node, inner.out_channels, br.rank)
             if isinstance(pool, Refusal):
                 return pool
             br.cost += pool.macs_per_pixel
-            return pool if node.input[0] == br.root else fold.compose_maps(inner, pool)
+            return pool if node.input[0] == br.root else convmap.compose_maps(inner, pool)
         if op == "BatchNormalization":
-            inner = self._express(view, node.input[0], br)
+            inner = self._express(graph, node.input[0], br)
             if isinstance(inner, Refusal):
                 return inner
-            ab = batchnorm_affine(view, node, inner.out_channels)
-            return ab if isinstance(ab, Refusal) else fold.affine_after_map(inner, *ab)
+            ab = batchnorm_affine(graph, node, inner.out_channels)
+            return ab if isinstance(ab, Refusal) else convmap.affine_after_map(inner, *ab)
         if op == "Transpose":
-            return self._layout_branch(view, node, br)
-        variables = [n for n in node.input if n and not view.is_constant(n)]
+            return self._layout_branch(graph, node, br)
+        variables = [n for n in node.input if n and not graph.is_constant(n)]
         if len(variables) == 1 and len(node.input) == 2:
-            inner = self._express(view, variables[0], br)
+            inner = self._express(graph, variables[0], br)
             if isinstance(inner, Refusal):
                 return inner
-            ab = elementwise_affine(view, node, variables[0], br.rank + 2, inner.out_channels)
-            return ab if isinstance(ab, Refusal) else fold.affine_after_map(inner, *ab)
+            ab = elementwise_affine(graph, node, variables[0], br.rank + 2, inner.out_channels)
+            return ab if isinstance(ab, Refusal) else convmap.affine_after_map(inner, *ab)
         if op == "Sum" or (op in ("Add", "Sub") and len(variables) == 2):
             maps = []
             for position, operand in enumerate(node.input):
-                inner = self._express(view, operand, br)
+                inner = self._express(graph, operand, br)
                 if isinstance(inner, Refusal):
                     return inner
-                maps.append(fold.negate(inner) if op == "Sub" and position == 1 else inner)
-            return fold.sum_maps(maps, br.sizes)
+                maps.append(convmap.negate(inner) if op == "Sub" and position == 1 else inner)
+            return convmap.sum_maps(maps, br.sizes)
         return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
 
-    def _layout_branch(self, view, node, br: Branches):
+    def _layout_branch(self, graph, node, br: Branches):
         """Transpose(affine(s)) where the root is Transpose(s) with the same perm: an identity branch
         computed in the other layout (tf2onnx keeps a BN of the NHWC input in NHWC)."""
         perm = tuple(attributes(node).get("perm", ()))
-        root_index = view.producer_of(br.root)
-        root_node = view.node(root_index) if root_index is not None else None
+        root_index = graph.producer_of(br.root)
+        root_node = graph.node(root_index) if root_index is not None else None
         if not is_op(root_node, "Transpose") or tuple(attributes(root_node).get("perm", ())) != perm or not perm:
             return Refusal("a Transpose in a branch does not match the layout Transpose of the input")
         source, axis = root_node.input[0], perm[1]
         scale, shift = np.ones(br.channels), np.zeros(br.channels)
         name = node.input[0]
         while name != source:
-            if view.sole_consumer(name) is None:
+            if graph.sole_consumer(name) is None:
                 return Refusal(f"'{name}' inside the branches has other readers")
-            index = view.producer_of(name)
-            step = view.node(index) if index is not None else None
+            index = graph.producer_of(name)
+            step = graph.node(index) if index is not None else None
             if not is_op(step, "Mul", "Add", "Sub", "Div", "Identity"):
                 return Refusal(f"a branch reads '{name}', which is not a per-channel affine of '{source}'")
             br.covered.add(index)
             if step.op_type == "Identity":
                 name = step.input[0]
                 continue
-            variables = [n for n in step.input if not view.is_constant(n)]
+            variables = [n for n in step.input if not graph.is_constant(n)]
             if len(variables) != 1:
                 return Refusal(f"{step.op_type} '{step.name}' does not scale one tensor")
-            ab = elementwise_affine(view, step, variables[0], len(perm), br.channels, axis=axis)
+            ab = elementwise_affine(graph, step, variables[0], len(perm), br.channels, axis=axis)
             if isinstance(ab, Refusal):
                 return ab
             # walking back from the output, this step applies before those already seen:
@@ -248,20 +269,18 @@ class MergeBranches(Pass):
             scale, shift = ab[0] * scale, ab[1] * scale + shift
             name = variables[0]
         br.cost += br.channels
-        return fold.affine_after_map(fold.identity_map(br.channels, br.rank), scale, shift)
+        return convmap.affine_after_map(convmap.identity_map(br.channels, br.rank), scale, shift)
 
-    def rewrite(self, view: GraphView, match: BranchSum, plan):
-        branches, merged = plan
-        anchor = view.node(match.anchor)
-        weight = fold.cast_like(merged.kernel, branches.dtype, "merged Conv weight")
-        bias = fold.cast_like(merged.bias, branches.dtype, "merged Conv bias")
+    def rewrite(self, graph: Graph, match: BranchSum, plan: MergePlan):
+        branches, merged, weight, bias = plan.branches, plan.merged, plan.weight, plan.bias
+        anchor = graph.node(match.anchor)
         base = anchor.name or anchor.output[0]
         conv = helper.make_node(
-            "Conv", [branches.root, view.add_constant(weight, f"{base}_merged_weight"),
-                     view.add_constant(bias, f"{base}_merged_bias")],
-            [anchor.output[0]], name=anchor.name or view.names.fresh(f"{base}_merged"),
+            "Conv", [branches.root, graph.add_constant(weight, f"{base}_merged_weight"),
+                     graph.add_constant(bias, f"{base}_merged_bias")],
+            [anchor.output[0]], name=anchor.name or graph.fresh_name(f"{base}_merged"),
             group=merged.groups, kernel_shape=list(merged.kernel.shape[2:]), strides=list(merged.strides),
             dilations=list(merged.dilations), pads=list(merged.pads))
-        view.replace_node(match.anchor, conv)
+        graph.replace_node(match.anchor, conv)
         for index in branches.covered - {match.anchor}:
-            view.remove_node(index)
+            graph.remove_node(index)

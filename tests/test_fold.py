@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from onnx_fuse import fold
+from onnx_fuse import convmap, fold
 
 
 def conv1d(x, w, b=None, groups=1):
@@ -107,7 +107,7 @@ def test_cast_like_refuses_nan():
         fold.cast_like(np.array([np.nan]), np.float32, "w")
 
 
-def strided_conv1d(x, m: fold.ConvMap):
+def strided_conv1d(x, m: convmap.ConvMap):
     """Direct 1-D convolution of a ConvMap (groups 1): zero pads, stride, dilation."""
     begin, end = m.pads
     padded = np.pad(x, ((0, 0), (0, 0), (begin, end)))
@@ -120,7 +120,7 @@ def strided_conv1d(x, m: fold.ConvMap):
 
 def one_d_map(k, pads, stride=2, seed=0):
     r = np.random.default_rng(seed)
-    return fold.ConvMap(r.standard_normal((3, 3, k)), r.standard_normal(3), 1, (stride,), (1,), tuple(pads))
+    return convmap.ConvMap(r.standard_normal((3, 3, k)), r.standard_normal(3), 1, (stride,), (1,), tuple(pads))
 
 
 @pytest.mark.parametrize("length", [8, 9])
@@ -131,7 +131,7 @@ def test_strided_same_padding_merges_where_the_outputs_line_up(length):
     pads3 = (0, 1) if length % 2 == 0 else (1, 1)
     maps = [one_d_map(3, pads3), one_d_map(1, (0, 0), seed=1)]
     x = rng.standard_normal((2, 3, length))
-    merged = fold.sum_maps(maps, lambda: [length])
+    merged = convmap.sum_maps(maps, lambda: [length])
     assert merged.kernel.shape[2] == 3
     np.testing.assert_allclose(strided_conv1d(x, merged), strided_conv1d(x, maps[0]) + strided_conv1d(x, maps[1]),
                                rtol=1e-12, atol=1e-12)
@@ -140,6 +140,6 @@ def test_strided_same_padding_merges_where_the_outputs_line_up(length):
 def test_strided_branches_that_line_up_only_for_some_lengths_need_the_length():
     maps = [one_d_map(3, (0, 1)), one_d_map(1, (0, 0), seed=1)]
     with pytest.raises(fold.FoldError, match="does not record its length"):
-        fold.sum_maps(maps, lambda: [None])
+        convmap.sum_maps(maps, lambda: [None])
     with pytest.raises(fold.FoldError, match="input length 9"):
-        fold.sum_maps(maps, lambda: [9])  # 4 outputs from the 3x3, 5 from the 1x1
+        convmap.sum_maps(maps, lambda: [9])  # 4 outputs from the 3x3, 5 from the 1x1

@@ -1,9 +1,15 @@
-"""The README's PyTorch recipes are the very lines tests/test_recipes.py runs."""
+"""The README's PyTorch recipes are the very lines tests/test_recipes.py runs, its pass table lists
+DEFAULT_PASSES in order, and its test command is CI's."""
 
 import re
 from pathlib import Path
 
+import onnx_fuse
+import onnx_fuse.passes
+from onnx_fuse.passes import DEFAULT_PASSES
+
 ROOT = Path(__file__).resolve().parent.parent
+TEST_COMMAND = 'pip install -e ".[test]" && pytest'
 
 
 def recipe(name):
@@ -21,5 +27,19 @@ def test_readme_shows_the_tested_pytorch_recipes():
 def test_readme_commands_are_the_ci_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install ".[test]" && pytest' in readme
-    assert 'pip install ".[test]" && pytest' in ci
+    assert TEST_COMMAND in readme
+    assert TEST_COMMAND in ci
+
+
+def test_readme_pass_table_lists_every_pass_in_order():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## The passes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert rows == [p.name for p in DEFAULT_PASSES], "README's pass table differs from passes.DEFAULT_PASSES"
+
+
+def test_tests_run_against_the_working_tree():
+    """The README's test command installs the checkout in editable mode: onnx_fuse and its passes
+    are imported from this folder, not from a copy in site-packages."""
+    assert Path(onnx_fuse.__file__).resolve().parent == ROOT / "onnx_fuse"
+    assert Path(onnx_fuse.passes.__file__).resolve().parent == ROOT / "passes"

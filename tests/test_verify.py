@@ -1,5 +1,7 @@
 """--verify and --verify=bisect, with a deliberately wrong pass to catch."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import pytest
@@ -8,9 +10,16 @@ from support import ModelBuilder, conv, op_counts
 
 import onnx_fuse
 from onnx_fuse.cli import EXIT_OK, EXIT_VERIFY, main
-from onnx_fuse.match import Refusal
 from onnx_fuse.passes import DEFAULT_PASSES
-from onnx_fuse.rule import Pass
+from onnx_fuse.rule import Pass, Plan
+
+
+@dataclass
+class Retype(Plan):
+    index: int
+
+    def takes(self):
+        return (self.index,)
 
 
 class BreakRelu(Pass):
@@ -25,7 +34,7 @@ class BreakRelu(Pass):
         return None if node.doc_string == "seen" else index
 
     def check(self, view, index):
-        return None
+        return Retype(index)
 
     def rewrite(self, view, index, plan):
         node = view.node(index)

@@ -94,11 +94,17 @@ def test_refuse_division_by_zero():
     assert_unchanged(model, "has zeros")
 
 
-def test_refuse_non_constant_operand():
+def test_a_non_constant_operand_is_no_match():
+    """conv(x) + x is a residual, and conv(x) * sigmoid(conv(x)) is SiLU: neither is an affine, so
+    neither is reported as a refused fold."""
     b = ModelBuilder()
     x = b.input([1, 4, 5, 5])
     b.output(b.node("Add", [conv(b, x, 4, 4), x]))
-    assert_unchanged(b.model(), "is not a constant", passes=["conv_affine"])
+    y = conv(b, x, 4, 4)
+    b.output(b.node("Mul", [y, b.node("Sigmoid", [y])]))
+    model = b.model()
+    assert_unchanged(model, passes=["conv_affine"])
+    assert optimize(model, passes=["conv_affine"])[1].refused == []
 
 
 def test_refuse_conv_output_with_two_readers():
