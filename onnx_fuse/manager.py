@@ -10,6 +10,7 @@ import time
 import onnx
 
 from .graph import is_default_domain, subgraphs_of
+from .idioms import find_idioms
 from .report import Report
 from .rule import ContractError, Plan, Refusal
 from .scope import GraphScope, NameScope
@@ -60,9 +61,10 @@ class PassManager:
         for _ in range(MAX_ROUNDS):  # until a round changes nothing
             refusals = {}
             round_changed = False
+            idioms = find_idioms(view, view.indices_of)
             for rule in self.passes:
                 started = time.perf_counter()
-                round_changed |= self._sweep(rule, view, refusals, where)
+                round_changed |= self._sweep(rule, view, refusals, where, idioms)
                 self.report.add_time(rule.name, time.perf_counter() - started)
             view.collect()
             changed |= round_changed
@@ -87,7 +89,7 @@ class PassManager:
             view.commit()
         return changed or nested
 
-    def _sweep(self, rule, view: GraphScope, refusals: dict, where: str) -> bool:
+    def _sweep(self, rule, view: GraphScope, refusals: dict, where: str, idioms: dict) -> bool:
         changed = False
         for index in view.indices_of(rule.anchors):
             if index in view.removed:
@@ -110,6 +112,12 @@ class PassManager:
             if not isinstance(plan, Plan):
                 raise ContractError(f"pass {rule.name}: check() returned {type(plan).__name__} {plan!r:.80}; "
                                     f"it must return a Plan (rewrite) or a Refusal (why not)")
+            kept = next((i for i in plan.takes() if i in idioms), None)
+            if kept is not None:  # exact, but the runtime would no longer fuse the idiom: slower
+                step = view.node(kept)
+                refusals[(rule.name, label)] = (f"{step.op_type} '{step.name or step.output[0]}' is part of a "
+                                                f"{idioms[kept]}, which runtimes fuse into one kernel")
+                continue
             rule.rewrite(view, match, plan)
             view.release_unused()
             self.report.count(rule.name)
