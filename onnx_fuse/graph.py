@@ -150,6 +150,7 @@ class Graph:
         self._inferred = None
 
     # ---- index -------------------------------------------------------------------------
+
     def _reads(self, node):
         names = [name for name in node.input if name]
         for sub in subgraphs_of(node):
@@ -190,12 +191,14 @@ class Graph:
         for name in node.output:
             if name and self.defs.get(name) == index:
                 del self.defs[name]
+
     def readers(self, name: str) -> list[int]:
         """The numbers of the nodes reading `name` (a node reading it twice is listed twice)."""
         readers = self.consumers.get(name)
         if readers is None:
             return []
         return [readers] if isinstance(readers, int) else list(readers)
+
     def node(self, index: int):
         node = self.edited.get(index)
         return node if node is not None else self.container.node[index]
@@ -230,6 +233,7 @@ class Graph:
         return None
 
     # ---- constants ---------------------------------------------------------------------
+
     def is_overridable(self, name: str) -> bool:
         """An initializer listed as a graph input can be replaced at run time (IR version >= 4)."""
         return (name in self.inputs and self.is_initializer(name) and not self.initializers_are_inputs
@@ -310,6 +314,7 @@ class Graph:
         return np.asarray(results[[n for n in node.output if n].index(name)])
 
     # ---- shapes ------------------------------------------------------------------------
+
     def shape(self, name: str) -> list | None:
         """The shape the model records for `name` (None for unknown dimensions), if it does."""
         if self._value_info is None:
@@ -364,6 +369,7 @@ class Graph:
         return None
 
     # ---- edits -------------------------------------------------------------------------
+
     def add_constant(self, values: np.ndarray, hint: str) -> str:
         """A new constant tensor with a fresh name: an initializer, or a Constant node in a function."""
         name = self.names.fresh(hint)
@@ -474,21 +480,24 @@ class Graph:
             self.new_initializers.append(tensor.name)
         self.changed = True
 
-    def take_output(self, index: int, name: str):
-        """Make node `index` compute `name` (whose producer was just removed) as its output 0."""
+    def take_output(self, index: int, name: str, slot: int = 0):
+        """Make node `index` compute `name` (whose producer was just removed) as its output `slot`."""
         node = self.node(index)
-        old = node.output[0]
+        old = node.output[slot]
         del self.defs[old]
         self.vanished.add(old)
-        node.output[0] = name
+        node.output[slot] = name
         self.defs[name] = index
         self.vanished.discard(name)
         self.changed = True
+
     def _became_unread(self, name: str):
         self.maybe_unused.append(name)
         self._to_release.append(name)
+
     def _unused(self, name: str) -> bool:
         return name not in self.consumers and name not in self.outputs
+
     def _order(self) -> list[int]:
         """Node numbers in graph order: each node, then the nodes placed after it (and after those)."""
         order = []

@@ -1,14 +1,25 @@
-"""The rewrites onnx-fuse runs, in order. Importing this module has no side effects."""
+"""The rewrites onnx-fuse runs, in order. Importing this module has no side effects.
+
+CANONICAL_PASSES come first: they remove or see through the glue exporters write between ops
+(Identity, zero Pad before a Conv, duplicated Casts), so that the folds after them match the
+mathematics, not an exporter's habits. The manager runs every pass, in this order, round after
+round until nothing changes, so glue a fold exposes is cleaned up in the next round.
+"""
 
 from .bn_conv import BatchNormConv
 from .conv_affine import ConvAffine
 from .conv_bn import ConvBatchNorm
 from .gemm_bn import GemmBatchNorm
+from .identity import RemoveIdentity
 from .inline_if import InlineConstantIf
 from .merge_branches import MergeBranches
 
-DEFAULT_PASSES = (
+CANONICAL_PASSES = (
     InlineConstantIf(),
+    RemoveIdentity(),
+)
+
+FOLD_PASSES = (
     ConvBatchNorm(),
     ConvAffine(),
     MergeBranches(),
@@ -16,5 +27,7 @@ DEFAULT_PASSES = (
     BatchNormConv(),
 )
 
-__all__ = ["DEFAULT_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm", "BatchNormConv", "MergeBranches",
-           "InlineConstantIf"]
+DEFAULT_PASSES = CANONICAL_PASSES + FOLD_PASSES
+
+__all__ = ["DEFAULT_PASSES", "CANONICAL_PASSES", "FOLD_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm",
+           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity"]

@@ -24,7 +24,7 @@ def if_model(condition_is_constant=True, value=True):
     return b.model()
 
 
-@pytest.mark.parametrize("value,ops", [(True, {"Conv": 1, "Relu": 1}), (False, {"Identity": 1, "Relu": 1})])
+@pytest.mark.parametrize("value,ops", [(True, {"Conv": 1, "Relu": 1}), (False, {"Relu": 1})])
 def test_inline_constant_if(value, ops):
     model = if_model(value=value)
     result, report = optimize(model)

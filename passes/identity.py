@@ -1,0 +1,64 @@
+"""identity: an Identity node goes; its readers read its input instead (paddle2onnx writes one after
+every elementwise op, and it hides folds from the passes after it). An Identity whose output is a
+graph output stays unless its input's producer can compute that name itself; one whose output a
+subgraph reads stays too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx_fuse.graph import Graph
+from onnx_fuse.rule import Pass, Plan, Refusal
+
+
+@dataclass
+class Bypass(Plan):
+    """Remove the Identity at `index`: its readers read `source`; or, where its output is a graph
+    output, the node `producer` computes that output in its slot `slot` instead of `source`."""
+
+    index: int
+    source: str
+    readers: list
+    producer: int | None = None
+    slot: int = 0
+
+    def takes(self) -> tuple[int, ...]:
+        return (self.index,) if self.producer is None else (self.index, self.producer)
+
+
+class RemoveIdentity(Pass):
+    name = "identity"
+    summary = "Identity: removed, its readers read its input (graph outputs keep their names)"
+    anchors = ("Identity",)
+
+    def match(self, graph: Graph, index: int):
+        node = graph.node(index)
+        return index if len(node.input) == 1 and node.input[0] and len(node.output) == 1 else None
+
+    def check(self, graph: Graph, index: int) -> Bypass | Refusal:
+        node = graph.node(index)
+        source, output = node.input[0], node.output[0]
+        readers = graph.readers(output)  # one entry per read, through subgraphs too
+        if len(readers) != sum(list(graph.node(r).input).count(output) for r in set(readers)):
+            return Refusal(f"a subgraph reads '{output}'")
+        if output not in graph.outputs:
+            return Bypass(index, source, readers)
+        producer = graph.producer_of(source)
+        if producer is None or graph.consumer_count(source) != 1:
+            return Refusal(f"'{output}' is a graph output and '{source}' cannot take its name")
+        slot = list(graph.node(producer).output).index(source)
+        return Bypass(index, source, readers, producer, slot)
+
+    def rewrite(self, graph: Graph, index: int, plan: Bypass):
+        output = graph.node(index).output[0]
+        graph.remove_node(index)
+        if plan.producer is not None:
+            graph.take_output(plan.producer, output, plan.slot)
+            source = output
+        else:
+            source = plan.source
+        for reader in dict.fromkeys(plan.readers):
+            for slot, name in enumerate(graph.node(reader).input):
+                if name == output:
+                    graph.set_input(reader, slot, source)
