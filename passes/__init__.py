@@ -13,10 +13,12 @@ from .gemm_bn import GemmBatchNorm
 from .identity import RemoveIdentity
 from .inline_if import InlineConstantIf
 from .merge_branches import MergeBranches
+from .pad_conv import FoldZeroPad
 
 CANONICAL_PASSES = (
     InlineConstantIf(),
     RemoveIdentity(),
+    FoldZeroPad(),
 )
 
 FOLD_PASSES = (
@@ -30,4 +32,4 @@ FOLD_PASSES = (
 DEFAULT_PASSES = CANONICAL_PASSES + FOLD_PASSES
 
 __all__ = ["DEFAULT_PASSES", "CANONICAL_PASSES", "FOLD_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm",
-           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity"]
+           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "FoldZeroPad"]

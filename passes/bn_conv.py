@@ -1,9 +1,12 @@
 """bn_conv: BatchNormalization (or a per-channel Mul/Add/Sub/Div) before a Conv, Gemm or MatMul
-folds forward into that operator's weights. Exact only when the Conv pads nothing: padding adds
-zeros after the shift, so a padded Conv is refused, as is a normalized tensor with other readers.
+folds forward into that operator's weights. A shift is exact only when the Conv pads nothing:
+padding adds zeros after the shift, so a padded Conv is refused unless the affine is a pure
+scale (0 * a = 0); a normalized tensor with other readers is refused too.
 """
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from onnx_fuse.graph import Graph
 from onnx_fuse.linear import LinearFold, apply_fold, linear_beside, plan_fold, read_affine
@@ -32,6 +35,15 @@ def broadcast_keeps_shape(graph: Graph, affine, x: str, rank: int, channels: int
     return None
 
 
+def padded(conv, op) -> bool:
+    """Whether the Conv pads its input (or may: auto_pad SAME on an unknown size)."""
+    spatial = op.weight.ndim - 2
+    attrs = attributes(conv)
+    pads = conv_padding(conv, op.weight.shape[2:], attrs.get("strides", (1,) * spatial),
+                        attrs.get("dilations", (1,) * spatial))
+    return pads is None or any(pads)
+
+
 class BatchNormConv(Pass):
     name = "bn_conv"
     summary = "BatchNormalization/per-channel affine -> unpadded Conv or Gemm: fold into the weights"
@@ -47,13 +59,6 @@ class BatchNormConv(Pass):
         op = linear_beside(graph, match.affine, match.linear)
         if isinstance(op, Refusal):
             return op
-        if linear.op_type == "Conv":
-            spatial = op.weight.ndim - 2
-            attrs = attributes(linear)
-            pads = conv_padding(linear, op.weight.shape[2:], attrs.get("strides", (1,) * spatial),
-                                attrs.get("dilations", (1,) * spatial))
-            if pads is None or any(pads):
-                return Refusal("Conv pads its input, and padding adds zeros after the shift")
         if linear.op_type == "Gemm" and attributes(linear).get("transA", 0):
             return Refusal("Gemm transposes its input (transA=1)")
         rank = op.weight.ndim if op.is_conv else 2
@@ -64,6 +69,9 @@ class BatchNormConv(Pass):
         ab = read_affine(graph, affine, match.x, rank, op.in_channels)
         if isinstance(ab, Refusal):
             return ab
+        if linear.op_type == "Conv" and np.any(ab[1]) and padded(linear, op):
+            # conv(pad(x * a + b)) sees zeros, not b, in the padding; a pure scale is exact (0 * a = 0)
+            return Refusal("Conv pads its input, and padding adds zeros after the shift")
         return plan_fold(graph, op, match.affine, *ab, reads=match.x)
 
     rewrite = staticmethod(apply_fold)

@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import pytest
 from support import ModelBuilder, assert_same_function, assert_unchanged, conv, op_counts, optimize
 
@@ -85,3 +86,24 @@ def test_refuse_constant_that_widens_gemm_features():
     y = b.node("Mul", [b.input([4, 1]), b.const([[1.0, 2.0, 3.0]], "k")])
     b.output(b.node("Gemm", [y, b.const(b.weights(3, 2), "w")]))
     assert_unchanged(b.model(), "may broadcast", passes=["bn_conv"])
+
+
+@pytest.mark.parametrize("padding", [dict(pads=[1, 1, 1, 1]), dict(auto_pad="SAME_UPPER", strides=[2, 2])])
+def test_a_pure_scale_folds_into_a_padded_conv(padding):
+    """conv(pad(x * a)) == conv'(pad(x)) with a in the weights: the padding's zeros stay zeros."""
+    b = ModelBuilder(seed=11)
+    x = b.input([1, 4, 6, 6])
+    scaled = b.node("Mul", [b.node("Relu", [x]), b.const(b.rng.uniform(-2, 2, (1, 4, 1, 1)), "a")])
+    b.output(conv(b, scaled, 4, 4, **padding))
+    model = onnx.shape_inference.infer_shapes(b.model())
+    result, report = optimize(model)
+    assert op_counts(result) == {"Relu": 1, "Conv": 1} and report.passes["bn_conv"].rewrites == 1
+    assert_same_function(model, result)
+
+
+def test_the_twin_a_shift_before_a_padded_conv_stays():
+    b = ModelBuilder(seed=11)
+    x = b.input([1, 4, 6, 6])
+    shifted = b.node("Add", [b.node("Relu", [x]), b.const(b.rng.uniform(-2, 2, (1, 4, 1, 1)), "a")])
+    b.output(conv(b, shifted, 4, 4, pads=[1, 1, 1, 1]))
+    assert_unchanged(onnx.shape_inference.infer_shapes(b.model()), "padding adds zeros after the shift")

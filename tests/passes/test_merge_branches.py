@@ -110,7 +110,7 @@ BLOCKS = {
     "dbb-grouped": (dbb_grouped, {"Conv": 1, "Relu": 1}),
     "repvit-post-sum-bn": (repvit, {"Conv": 1, "Relu": 1}),
     "fastvit-repmixer": (fastvit_repmixer, {"Conv": 1, "Relu": 1}),
-    "ppyoloe-alpha": (ppyoloe_alpha, {"Conv": 1, "Identity": 1, "Relu": 1}),
+    "ppyoloe-alpha": (ppyoloe_alpha, {"Conv": 1, "Relu": 1}),
     "7x7+3x3": (large_kernel, {"Conv": 1, "Relu": 1}),
     "dilated": (dilated, {"Conv": 1, "Relu": 1}),
 }
