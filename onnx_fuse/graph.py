@@ -90,11 +90,11 @@ class Graph:
     """One graph or function body, as a pass sees it. What a pass may use, and nothing else:
 
     reading        node(i)  producer_of(name)  readers(name)  sole_consumer(name)  consumer_count(name)
-                   inputs  outputs  opset
+                   read_by_subgraph(name)  inputs  outputs  opset  original_size
     constants      is_constant(name)  constant(name)  constant_type(name)  is_initializer(name)
     shapes         shape(name)  inferred_shape(name)  rank(name)
     editing        add_constant(values, hint)  set_constant_input(i, slot, values, hint, freed)
-                   set_input(i, slot, name)  remove_node(i)  replace_node(i, node)
+                   set_input(i, slot, name)  redirect_reads(name, to)  remove_node(i)  replace_node(i, node)
                    replace_with_nodes(i, nodes)  add_tensor(tensor)  take_output(i, name)
                    fresh_name(hint)
 
@@ -198,6 +198,11 @@ class Graph:
         if readers is None:
             return []
         return [readers] if isinstance(readers, int) else list(readers)
+
+    def read_by_subgraph(self, name: str) -> bool:
+        """Whether a subgraph (an If branch, a Loop body) reads `name` from this scope by name."""
+        readers = self.readers(name)  # one entry per read, through subgraphs too
+        return len(readers) != sum(list(self.node(r).input).count(name) for r in set(readers))
 
     def node(self, index: int):
         node = self.edited.get(index)
@@ -351,8 +356,9 @@ class Graph:
         return recorded_shapes(inferred.graph.value_info)
 
     def rank(self, name: str) -> int | None:
-        """The rank of `name` where the model records it, or where its producer fixes it."""
-        shape = self.shape(name)
+        """The rank of `name` where the model records it, shape inference finds it, or its producer
+        fixes it."""
+        shape = self.shape(name) or self.inferred_shape(name)
         if shape is not None:
             return len(shape)
         value = self.constant(name)
@@ -440,6 +446,13 @@ class Graph:
         if name:
             self._add_read(name, index)
         self.changed = True
+
+    def redirect_reads(self, name: str, to: str):
+        """Every node input that reads `name` reads `to` instead (not reads inside subgraphs)."""
+        for reader in dict.fromkeys(self.readers(name)):
+            for slot, read in enumerate(self.node(reader).input):
+                if read == name:
+                    self.set_input(reader, slot, to)
 
     def remove_node(self, index: int):
         node = self.node(index)

@@ -9,6 +9,7 @@ round until nothing changes, so glue a fold exposes is cleaned up in the next ro
 from .bn_conv import BatchNormConv
 from .conv_affine import ConvAffine
 from .conv_bn import ConvBatchNorm
+from .dedupe import Dedupe
 from .gemm_bn import GemmBatchNorm
 from .identity import RemoveIdentity
 from .inline_if import InlineConstantIf
@@ -18,6 +19,7 @@ from .pad_conv import FoldZeroPad
 CANONICAL_PASSES = (
     InlineConstantIf(),
     RemoveIdentity(),
+    Dedupe(),
     FoldZeroPad(),
 )
 
@@ -32,4 +34,4 @@ FOLD_PASSES = (
 DEFAULT_PASSES = CANONICAL_PASSES + FOLD_PASSES
 
 __all__ = ["DEFAULT_PASSES", "CANONICAL_PASSES", "FOLD_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm",
-           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "FoldZeroPad"]
+           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad"]

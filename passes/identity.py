@@ -19,7 +19,6 @@ class Bypass(Plan):
 
     index: int
     source: str
-    readers: list
     producer: int | None = None
     slot: int = 0
 
@@ -39,26 +38,20 @@ class RemoveIdentity(Pass):
     def check(self, graph: Graph, index: int) -> Bypass | Refusal:
         node = graph.node(index)
         source, output = node.input[0], node.output[0]
-        readers = graph.readers(output)  # one entry per read, through subgraphs too
-        if len(readers) != sum(list(graph.node(r).input).count(output) for r in set(readers)):
+        if graph.read_by_subgraph(output):
             return Refusal(f"a subgraph reads '{output}'")
         if output not in graph.outputs:
-            return Bypass(index, source, readers)
+            return Bypass(index, source)
         producer = graph.producer_of(source)
         if producer is None or graph.consumer_count(source) != 1:
             return Refusal(f"'{output}' is a graph output and '{source}' cannot take its name")
         slot = list(graph.node(producer).output).index(source)
-        return Bypass(index, source, readers, producer, slot)
+        return Bypass(index, source, producer, slot)
 
     def rewrite(self, graph: Graph, index: int, plan: Bypass):
         output = graph.node(index).output[0]
         graph.remove_node(index)
-        if plan.producer is not None:
+        if plan.producer is not None:  # the producer computes the graph output itself
             graph.take_output(plan.producer, output, plan.slot)
-            source = output
         else:
-            source = plan.source
-        for reader in dict.fromkeys(plan.readers):
-            for slot, name in enumerate(graph.node(reader).input):
-                if name == output:
-                    graph.set_input(reader, slot, source)
+            graph.redirect_reads(output, plan.source)

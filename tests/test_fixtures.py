@@ -11,6 +11,9 @@ import onnx
 import pytest
 from support import optimize, session
 
+from onnx_fuse.idioms import find_idioms
+from onnx_fuse.scope import GraphScope, NameScope
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MANIFEST = {name: entry for path in sorted(FIXTURES.glob("manifest_*.json"))
             for name, entry in json.loads(path.read_text()).items()}
@@ -34,13 +37,20 @@ def constants(model):
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
 
 
+def idiom_outputs(model) -> set:
+    """Outputs of the nodes of idioms a runtime fuses (GELU's Div of a Conv's output stays)."""
+    graph = GraphScope(model.graph, opset=17, ir_version=model.ir_version, names=NameScope.of(model))
+    return {graph.node(i).output[0] for i in find_idioms(graph, graph.indices_of)}
+
+
 def affine_after_conv(model) -> Counter:
-    """Normalizations, and Mul/Add/Sub/Div by a constant, that read a Conv's output."""
+    """Normalizations, and Mul/Add/Sub/Div by a constant, that read a Conv's output (outside idioms)."""
     producer = {out: node for node in model.graph.node for out in node.output}
     const = constants(model)
+    kept = idiom_outputs(model)
     found = Counter()
     for node in model.graph.node:
-        if node.op_type not in AFFINE:
+        if node.op_type not in AFFINE or node.output[0] in kept:
             continue
         reads_conv = any(i in producer and producer[i].op_type in ("Conv", "ConvTranspose") for i in node.input)
         if reads_conv and (node.op_type == "BatchNormalization" or any(i in const for i in node.input)):
@@ -48,9 +58,18 @@ def affine_after_conv(model) -> Counter:
     return found
 
 
-def assert_matches_framework(actual, expected):
+def assert_matches_framework(actual, expected, name=None):
+    """Within 1e-5 relative of the framework's outputs (a float16 model: the manifest's tolerance)."""
+    tolerance = MANIFEST.get(name, {}).get("tolerance", {})
+    rtol, atol_rel = tolerance.get("rtol", 1e-5), tolerance.get("atol_rel", 1e-5)
     for a, e in zip(actual, expected):
-        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(e))))
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol_rel * float(np.max(np.abs(e))))
+
+
+def known_gap(name):
+    """A fixture onnx-fuse does not bring to its deploy form yet: the manifest says why."""
+    gap = MANIFEST[name].get("onnx_fuse_gap")
+    return pytest.mark.xfail(reason=gap, strict=True) if gap else ()
 
 
 def test_fixtures_are_there():
@@ -61,11 +80,11 @@ def test_fixtures_are_there():
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_fixture_folds_and_matches_the_framework(name):
     model, inputs, expected = load_fixture(name)
-    assert_matches_framework(run(model, inputs), expected)
+    assert_matches_framework(run(model, inputs), expected, name)
     result, report = optimize(model)
     onnx.checker.check_model(result, full_check=True)
     assert affine_after_conv(result) == Counter(), report.refused
-    assert_matches_framework(run(result, inputs), expected)
+    assert_matches_framework(run(result, inputs), expected, name)
     ops_before = Counter(n.op_type for n in model.graph.node)
     ops_after = Counter(n.op_type for n in result.graph.node)
     assert ops_after["Transpose"] <= ops_before["Transpose"]
@@ -73,14 +92,18 @@ def test_fixture_folds_and_matches_the_framework(name):
         assert report.rewrites > 0
 
 
-@pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("deploy")))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=known_gap(n))
+                                  for n, e in sorted(MANIFEST.items()) if e.get("deploy")])
 def test_train_form_comes_out_no_larger_than_the_frameworks_deploy_form(name):
     """The framework's own deploy conversion (fuse_conv_bn_eval, switch_to_deploy,
-    convert_to_deploy), exported: onnx-fuse's result on the train-form export is no larger."""
+    convert_to_deploy), exported, and put through onnx-fuse too: onnx-fuse's result on the
+    train-form export is no larger, and computes what the deploy form computes."""
     model, inputs, expected = load_fixture(name)
-    deploy, deploy_inputs, deploy_expected = load_fixture(MANIFEST[name]["deploy"])
-    result, _ = optimize(model)
-    ops, deploy_ops = Counter(n.op_type for n in result.graph.node), Counter(n.op_type for n in deploy.graph.node)
-    assert len(result.graph.node) <= len(deploy.graph.node), (ops, deploy_ops)
+    deploy_name = MANIFEST[name]["deploy"]
+    deploy, deploy_inputs, deploy_expected = load_fixture(deploy_name)
+    result, report = optimize(model)
+    fused_deploy, _ = optimize(deploy)
+    ops, deploy_ops = Counter(n.op_type for n in result.graph.node), Counter(n.op_type for n in fused_deploy.graph.node)
+    assert len(result.graph.node) <= len(fused_deploy.graph.node), (ops - deploy_ops, report.refused)
     assert ops["Conv"] <= deploy_ops["Conv"]
-    assert_matches_framework(run(result, deploy_inputs), deploy_expected)
+    assert_matches_framework(run(result, deploy_inputs), deploy_expected, deploy_name)
