@@ -14,6 +14,7 @@ from .gemm_bn import GemmBatchNorm
 from .identity import RemoveIdentity
 from .inline_if import InlineConstantIf
 from .merge_branches import MergeBranches
+from .merge_gemm import MergeGemms
 from .pad_conv import FoldZeroPad
 
 CANONICAL_PASSES = (
@@ -27,6 +28,7 @@ FOLD_PASSES = (
     ConvBatchNorm(),
     ConvAffine(),
     MergeBranches(),
+    MergeGemms(),
     GemmBatchNorm(),
     BatchNormConv(),
 )
@@ -34,4 +36,4 @@ FOLD_PASSES = (
 DEFAULT_PASSES = CANONICAL_PASSES + FOLD_PASSES
 
 __all__ = ["DEFAULT_PASSES", "CANONICAL_PASSES", "FOLD_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm",
-           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad"]
+           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad", "MergeGemms"]
