@@ -14,6 +14,7 @@ from .gemm_bn import GemmBatchNorm
 from .identity import RemoveIdentity
 from .inline_if import InlineConstantIf
 from .merge_branches import MergeBranches
+from .matmul_affine import FoldIntoMatMul
 from .merge_gemm import MergeGemms
 from .pad_conv import FoldZeroPad
 
@@ -30,10 +31,11 @@ FOLD_PASSES = (
     MergeBranches(),
     MergeGemms(),
     GemmBatchNorm(),
+    FoldIntoMatMul(),
     BatchNormConv(),
 )
 
 DEFAULT_PASSES = CANONICAL_PASSES + FOLD_PASSES
 
 __all__ = ["DEFAULT_PASSES", "CANONICAL_PASSES", "FOLD_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm",
-           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad", "MergeGemms"]
+           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad", "MergeGemms", "FoldIntoMatMul"]

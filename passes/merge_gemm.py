@@ -14,7 +14,7 @@ from onnx import helper
 from onnx_fuse import fold
 from onnx_fuse.graph import Graph
 from onnx_fuse.linear import LinearOp, read_linear
-from onnx_fuse.match import attributes, is_op, producer_if, single_use
+from onnx_fuse.match import attributes, producer_if, single_use
 from onnx_fuse.rule import Pass, Plan, Refusal
 
 
