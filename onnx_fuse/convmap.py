@@ -157,18 +157,39 @@ def negate(m: ConvMap) -> ConvMap:
     return ConvMap(-m.kernel, -m.bias, m.groups, m.strides, m.dilations, m.pads, m.diagonal, m.sources)
 
 
+def is_one_by_one(m: ConvMap) -> bool:
+    """A 1x1 kernel with stride 1: each output position sees one input position (or, where the map
+    pads, none, and gives its bias)."""
+    return all(k == 1 for k in m.kernel.shape[2:]) and all(s == 1 for s in m.strides)
+
+
+def pad_map(m: ConvMap, axis: int, before: int, after: int, values, rtol: float) -> ConvMap:
+    """m(x) padded on spatial `axis` with `before` and `after` positions of the per-channel `values`,
+    as one convolution of x. Exact when m is 1x1 with stride 1, whose output at a padded input
+    position is its bias, and the values are that bias (within `rtol`, the rounding of the
+    values' dtype): DBB's BatchNorm-and-pad pads with the BatchNormalization's value at zero."""
+    if not is_one_by_one(m):
+        raise FoldError("padding after a convolution larger than 1x1, or strided, is not padding of its input")
+    scale = max(1.0, float(np.max(np.abs(m.bias), initial=0.0)))
+    if not np.allclose(values, m.bias, rtol=rtol, atol=rtol * scale):
+        raise FoldError("the padding value is not what the branch gives where its input is padded")
+    pads = list(m.pads)
+    pads[axis] += before
+    pads[axis + m.rank] += after
+    return ConvMap(m.kernel, m.bias, m.groups, m.strides, m.dilations, tuple(pads), m.diagonal, m.sources)
+
+
 def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
     """second(first(x)) as one convolution, where that is exact.
 
-    Exact cases: `first` is 1x1, stride 1 and unpadded, and `second` pads nothing or `first` has
-    a zero bias (padding inserts zeros, not first's bias); or `second` is 1x1, stride 1 and
+    Exact cases: `first` is 1x1 with stride 1 (padded or not), and `second` pads nothing or `first`
+    has a zero bias (padding inserts zeros, not first's bias); or `second` is 1x1, stride 1 and
     unpadded (it only mixes first's output channels). Both dense, or both with the same groups
     (group j of first's output is then group j of second's input, and each group composes
     alone); a diagonal map takes the other's groups.
     """
     def is_pointwise(m):
-        return (all(k == 1 for k in m.kernel.shape[2:]) and all(s == 1 for s in m.strides)
-                and not any(m.pads))
+        return is_one_by_one(m) and not any(m.pads)
 
     if first.rank != second.rank or first.out_channels != second.in_channels:
         raise FoldError("the convolutions in sequence do not fit together")
@@ -180,7 +201,7 @@ def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
     diagonal = first.diagonal and second.diagonal
     sources = first.sources + second.sources
     g = groups
-    if is_pointwise(first) and (not any(second.pads) or not np.any(first.bias)):
+    if is_one_by_one(first) and (not any(second.pads) or not np.any(first.bias)):
         mix = first.kernel.reshape(g, first.out_channels // g, -1)  # [g, M1/g, C1/g]
         outer = second.kernel.reshape((g, second.out_channels // g) + second.kernel.shape[1:])
         # W[m, c, k] = sum_j second[m, j, k] * first[j, c] within each group;
@@ -189,7 +210,10 @@ def compose_maps(first: ConvMap, second: ConvMap) -> ConvMap:
             (second.out_channels, mix.shape[2]) + second.kernel.shape[2:])
         taps = outer.sum(axis=tuple(range(3, outer.ndim)))  # [g, M2/g, M1/g]
         bias = second.bias + np.einsum("gmj,gj->gm", taps, first.bias.reshape(g, -1)).reshape(-1)
-        return ConvMap(kernel, bias, g, second.strides, second.dilations, second.pads, diagonal, sources)
+        # first pads x itself (its output there is its bias); second pads first's output with zeros,
+        # which is first's padding too when its bias is zero
+        pads = tuple(a + b for a, b in zip(first.pads, second.pads))
+        return ConvMap(kernel, bias, g, second.strides, second.dilations, pads, diagonal, sources)
     if is_pointwise(second):
         mix = second.kernel.reshape(g, second.out_channels // g, -1)  # [g, M2/g, M1/g]
         inner = first.kernel.reshape((g, first.out_channels // g) + first.kernel.shape[1:])

@@ -27,7 +27,7 @@ from onnx_fuse.match import (attributes, auto_pad, batchnorm_affine, conv_paddin
 from onnx_fuse.rule import Pass, Plan, Refusal
 
 LINEAR_STEPS = ("Conv", "AveragePool", "BatchNormalization", "Mul", "Add", "Sub", "Div", "Sum",
-                "Identity", "Transpose")
+                "Identity", "Transpose", "Concat")
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,8 @@ class MergeBranches(Pass):
             return ab if isinstance(ab, Refusal) else convmap.affine_after_map(inner, *ab)
         if op == "Transpose":
             return self._layout_branch(graph, node, br)
+        if op == "Concat":
+            return self._border(graph, node, br)
         variables = [n for n in node.input if n and not graph.is_constant(n)]
         if len(variables) == 1 and len(node.input) == 2:
             inner = self._express(graph, variables[0], br)
@@ -235,6 +237,34 @@ class MergeBranches(Pass):
                 maps.append(convmap.negate(inner) if op == "Sub" and position == 1 else inner)
             return convmap.sum_maps(maps, br.sizes)
         return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
+
+    def _border(self, graph, node, br: Branches):
+        """Concat(constant border, branch, constant border) along a spatial axis: padding with
+        per-channel values (paddle2onnx writes DBB's BatchNorm-and-pad so)."""
+        middle = [i for i, name in enumerate(node.input) if not graph.is_constant(name)]
+        if len(middle) != 1:
+            return Refusal(f"Concat '{node.name}' joins {len(middle)} branches, not one between constant borders")
+        axis = attributes(node).get("axis", 0)
+        axis = axis + br.rank + 2 if axis < 0 else axis
+        if axis < 2:
+            return Refusal(f"Concat '{node.name}' joins along the batch or channel axis")
+        inner = self._express(graph, node.input[middle[0]], br)
+        if isinstance(inner, Refusal):
+            return inner
+        for position, name in enumerate(node.input):
+            if position == middle[0]:
+                continue
+            border = graph.constant(name)
+            if border.ndim != br.rank + 2 or border.shape[1] != inner.out_channels or border.dtype.kind != "f":
+                return Refusal(f"Concat '{node.name}' border '{name}' is not a per-channel border")
+            rows = border.reshape(border.shape[0], border.shape[1], -1)
+            if np.any(rows != rows[:1, :, :1]):
+                return Refusal(f"Concat '{node.name}' border '{name}' is not one value per channel")
+            width = border.shape[axis]
+            before, after = (width, 0) if position < middle[0] else (0, width)
+            rtol = 8 * float(np.finfo(border.dtype).eps)  # the border holds the value rounded to its dtype
+            inner = convmap.pad_map(inner, axis - 2, before, after, rows[0, :, 0].astype(np.float64), rtol)
+        return inner
 
     def _layout_branch(self, graph, node, br: Branches):
         """Transpose(affine(s)) where the root is Transpose(s) with the same perm: an identity branch

@@ -143,3 +143,21 @@ def test_strided_branches_that_line_up_only_for_some_lengths_need_the_length():
         convmap.sum_maps(maps, lambda: [None])
     with pytest.raises(fold.FoldError, match="input length 9"):
         convmap.sum_maps(maps, lambda: [9])  # 4 outputs from the 3x3, 5 from the 1x1
+
+
+def test_padding_after_a_1x1_with_its_bias_is_padding_of_its_input():
+    """pad_v(m(x)) == m(pad_0(x)) for a 1x1 m when v is m's bias; then a 3x3 after it composes."""
+    r = np.random.default_rng(5)
+    first = convmap.ConvMap(r.standard_normal((3, 3, 1)), r.standard_normal(3), 1, (1,), (1,), (0, 0))
+    second = convmap.ConvMap(r.standard_normal((3, 3, 3)), r.standard_normal(3), 1, (1,), (1,), (0, 0))
+    x = r.standard_normal((2, 3, 8))
+    padded = np.concatenate([np.broadcast_to(first.bias[None, :, None], (2, 3, 1)), strided_conv1d(x, first),
+                             np.broadcast_to(first.bias[None, :, None], (2, 3, 2))], axis=2)
+    m = convmap.pad_map(first, 0, 1, 2, first.bias.astype(np.float32), 8 * float(np.finfo(np.float32).eps))
+    np.testing.assert_allclose(strided_conv1d(x, m), padded, rtol=1e-6, atol=1e-6)
+    merged = convmap.compose_maps(m, second)
+    np.testing.assert_allclose(strided_conv1d(x, merged), strided_conv1d(padded, second), rtol=1e-10, atol=1e-10)
+    with pytest.raises(fold.FoldError, match="padding value"):
+        convmap.pad_map(first, 0, 1, 1, first.bias + 0.1, 1e-6)
+    with pytest.raises(fold.FoldError, match="larger than 1x1"):
+        convmap.pad_map(second, 0, 1, 1, second.bias, 1e-6)

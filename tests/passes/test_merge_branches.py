@@ -310,3 +310,53 @@ def test_refuse_nhwc_constant_that_is_not_per_channel():
 
 def test_refuse_branches_with_different_output_channels_broadcast():
     refuse(lambda b, x: add(b, conv(b, x, C, C), conv(b, x, C, 1, k=1)), "different channel counts")
+
+
+def bn_and_pad(b, x, size, value_shift=0.0, per_channel=True, k=1):
+    """DBB's BNAndPad as paddle2onnx writes it: conv -> BN -> Concat(border, y, border) on axis 2, then on
+    axis 3, the borders holding BN(0) per channel (fixed batch 2)."""
+    rng = b.rng
+    scale, bias, mean, var = rng.uniform(0.5, 1.5, C), rng.normal(0, .5, C), rng.normal(0, .5, C), rng.uniform(.5, 2, C)
+    y = conv_bn(b, x, k, pads=[0] * 4, bn=False)
+    y = b.node("BatchNormalization", [y] + [b.const(v, n) for v, n in zip((scale, bias, mean, var), "sbmv")],
+               epsilon=1e-5)
+    value = (bias - mean * scale / np.sqrt(var + 1e-5)).astype(np.float32) + np.float32(value_shift)
+    for axis, length in ((2, size - k + 1), (3, size - k + 3)):
+        shape = [2, C, length, length]
+        shape[axis] = 1
+        border = np.broadcast_to(value.reshape(1, C, 1, 1), shape).copy()
+        if not per_channel:
+            border[0, 0, 0, 0] += 1.0
+        y = b.node("Concat", [b.const(border, "border"), y, b.const(border, "border")], axis=axis)
+    return y
+
+
+def dbb_bn_and_pad(b, x, size=7, **kwargs):
+    one_then_k = conv_bn(b, bn_and_pad(b, x, size, **kwargs), 3, pads=[0] * 4)
+    pool = b.batchnorm(b.node("AveragePool", [bn_and_pad(b, x, size)], kernel_shape=[3, 3]), C)
+    return add(b, conv_bn(b, x, 3), one_then_k, pool, conv_bn(b, x, 1, pads=[0] * 4))
+
+
+def test_dbb_bn_and_pad_borders_merge():
+    """paddle2onnx's DBB: the 1x1 -> BNAndPad -> 3x3 and 1x1 -> BNAndPad -> AveragePool branches merge too."""
+    model = block_model(dbb_bn_and_pad)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Relu": 1}, report.refused
+    assert_same_function(model, result)
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    (dict(value_shift=0.25), "the padding value is not what the branch gives"),
+    (dict(per_channel=False), "is not one value per channel"),
+    (dict(k=3), "larger than 1x1"),
+])
+def test_dbb_borders_that_are_not_the_branchs_padding_stay(kwargs, reason):
+    def build(b, x):
+        size = 7
+        y = bn_and_pad(b, x, size, **kwargs)
+        return add(b, conv_bn(b, y, 3, pads=[0] * 4), conv_bn(b, x, 3, pads=[0] * 4 if kwargs.get("k") == 3 else None))
+    model = block_model(build)
+    result, report = optimize(model, passes=["merge_branches"])
+    assert op_counts(result)["Concat"] == 2
+    assert any(reason in r.reason for r in report.refused), report.refused
+    assert_same_function(model, result)
