@@ -36,6 +36,37 @@ def select_passes(passes=None, skip=()):
     return [p for p in chosen if p.name not in skip]
 
 
+def check_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict:
+    """The sizes a caller gives the model's inputs, checked against the model: each names an input
+    (not an initializer), has its rank, positive sizes, and agrees with the sizes it records."""
+    shapes = dict(shapes or {})
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in initializers}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise io.InputError(f"input shape for '{name}': the model has no such input (it has: "
+                                f"{', '.join(inputs) or 'none'})")
+        dims = inputs[name].type.tensor_type.shape.dim
+        if any(not isinstance(n, int) or n <= 0 for n in shape):
+            raise io.InputError(f"input shape for '{name}': sizes must be whole numbers above 0, not {list(shape)}")
+        if inputs[name].type.tensor_type.HasField("shape") and len(dims) != len(shape):
+            raise io.InputError(f"input shape for '{name}': {len(shape)} sizes for an input of rank {len(dims)}")
+        for n, dim in zip(shape, dims):
+            if dim.HasField("dim_value") and dim.dim_value != n:
+                raise io.InputError(f"input shape for '{name}': {list(shape)} disagrees with the model's "
+                                    f"{[d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims]}")
+    return shapes
+
+
+def record_input_shapes(model: onnx.ModelProto, shapes: dict):
+    """Write the given sizes into the model's inputs: merges made for them hold only at them."""
+    for vi in model.graph.input:
+        if vi.name in shapes:
+            del vi.type.tensor_type.shape.dim[:]
+            for n in shapes[vi.name]:
+                vi.type.tensor_type.shape.dim.add().dim_value = n
+
+
 @dataclass
 class _Job:
     """One model to optimize: the passes, the options, and where its external data lies."""
@@ -57,7 +88,9 @@ class _Job:
         report = Report()
         report.before = ModelStats.of(result)
         PassManager(self.passes, report, self.fold_overridable, deny, self.external, record,
-                    self.progress).run(result)
+                    self.progress, self.input_shapes).run(result)
+        if self.input_shapes:
+            record_input_shapes(result, self.input_shapes)
         report.after = ModelStats.of(result)
         return result, report
 
@@ -131,6 +164,7 @@ def optimize_with_report(model, passes=None, skip=(), *, verify=False, input_sha
     selected = select_passes(passes, skip)
     source = io.load(model)
     io.check_input(source, str(model) if isinstance(model, (str, Path)) else "the model")
+    input_shapes = check_input_shapes(source, input_shapes)
     return _Job(source, selected, fold_overridable_initializers, input_shapes).optimize(verify)
 
 
@@ -165,6 +199,7 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     progress("reading")
     source = io.load_path(src, lazy=True)
     io.check_input(source, str(src))
+    input_shapes = check_input_shapes(source, input_shapes)
     external = io.ExternalData(src.resolve())
     data_name = io.output_data_name(source, dst, external_data, external, inplace)
     with io.staged(dst) as stage:

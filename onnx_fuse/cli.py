@@ -52,7 +52,8 @@ def parse_args(argv):
                              "nothing (--verify) or find the rewrites responsible, undo only those and write "
                              "the rest (--verify=bisect)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
-                        help="shape of an input with dynamic dimensions, for --verify (repeatable)")
+                        help="the sizes of an input (repeatable): fixed in the output, used by --verify and by merges "
+                             "that are exact only at a size")
     parser.add_argument("--fold-overridable-initializers", action="store_true",
                         help="treat initializers that are also graph inputs as constants")
     parser.add_argument("--external-data", metavar="NAME",

@@ -107,7 +107,7 @@ class Graph:
 
     def __init__(self, container, *, opset: int, ir_version: int, names,
                  parent: "Graph | None" = None, fold_overridable: bool = False,
-                 external=None):
+                 external=None, input_shapes: dict | None = None):
         self.container = container
         self.is_function = isinstance(container, onnx.FunctionProto)
         self.opset = opset
@@ -116,6 +116,7 @@ class Graph:
         self.parent = parent
         self.fold_overridable = fold_overridable
         self.external = external  # io.ExternalData: where tensors left in files lie, where new ones go
+        self.input_shapes = input_shapes or {}  # the sizes the caller gives the graph's inputs
         self.original_size = len(container.node)
         self.size = self.original_size  # node numbers in use
         self.edited: dict[int, onnx.NodeProto] = {}  # nodes that replaced one, or were added
@@ -326,6 +327,7 @@ class Graph:
             graph = self.container
             self._value_info = {} if self.is_function else recorded_shapes(
                 list(graph.input) + list(graph.output) + list(graph.value_info))
+            self._value_info.update((n, list(s)) for n, s in self.input_shapes.items() if n in self.inputs)
         return self._value_info.get(name)
 
     def inferred_shape(self, name: str) -> list | None:
@@ -340,8 +342,10 @@ class Graph:
 
     def _infer_shapes(self) -> dict:
         graph = self.container
+        inputs = [helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, self.input_shapes[vi.name])
+                  if vi.name in self.input_shapes and vi.type.HasField("tensor_type") else vi for vi in graph.input]
         skeleton = helper.make_graph([self.node(i) for i in self._order() if i not in self.removed], "shapes",
-                                     list(graph.input), list(graph.output))
+                                     inputs, list(graph.output))
         listed = {vi.name for vi in graph.input}
         for tensor in graph.initializer:
             if tensor.name not in listed and self.is_initializer(tensor.name):

@@ -29,7 +29,7 @@ def default_opset(opset_imports) -> int:
 
 class PassManager:
     def __init__(self, passes, report: Report, fold_overridable: bool = False, deny=frozenset(),
-                 external=None, record: bool = False, progress=None):
+                 external=None, record: bool = False, progress=None, input_shapes: dict | None = None):
         self.passes = list(passes)
         self.report = report
         self.fold_overridable = fold_overridable
@@ -37,6 +37,7 @@ class PassManager:
         self.external = external
         self.record = record  # list every rewrite in report.rewritten (for --verify=bisect)
         self.progress = progress  # called with a status line as the work goes on
+        self.input_shapes = input_shapes  # sizes of the main graph's inputs, for merges that need them
         self.names: NameScope | None = None
 
     def run(self, model: onnx.ModelProto) -> bool:
@@ -51,9 +52,10 @@ class PassManager:
         return changed
 
     def _view(self, container, opset, ir_version, parent):
+        main = parent is None and isinstance(container, onnx.GraphProto)
         return GraphScope(container, opset=opset, ir_version=ir_version, names=self.names,
-                         parent=parent, fold_overridable=self.fold_overridable,
-                         external=self.external)
+                          parent=parent, fold_overridable=self.fold_overridable,
+                          external=self.external, input_shapes=self.input_shapes if main else None)
 
     def _scope(self, container, opset, ir_version, parent, where) -> bool:
         changed = False

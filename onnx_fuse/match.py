@@ -32,18 +32,24 @@ def auto_pad(node) -> str:
     return value or "NOTSET"
 
 
-def conv_padding(node, kernel_shape, strides, dilations) -> tuple | None:
-    """Explicit pads of a Conv (all begins, then all ends), or None where they depend on the input
-    size (auto_pad SAME with a stride over 1)."""
+def conv_padding(node, kernel_shape, strides, dilations, sizes=None) -> tuple | None:
+    """Explicit pads of a Conv (all begins, then all ends), or None where they depend on an input
+    size that is not known (auto_pad SAME with a stride over 1; `sizes` are the input's spatial
+    lengths, None where unknown)."""
     rank = len(kernel_shape)
     padding = auto_pad(node)
     if padding == "NOTSET":
         return tuple(attributes(node).get("pads", (0,) * (2 * rank)))
     if padding == "VALID":
         return (0,) * (2 * rank)
-    if any(s != 1 for s in strides):
+    span = [d * (k - 1) + 1 for k, d in zip(kernel_shape, dilations)]
+    if all(s == 1 for s in strides):
+        total = [t - 1 for t in span]
+    elif sizes is not None and len(sizes) == rank and all(isinstance(n, int) and n > 0 for n in sizes):
+        # SAME: output length ceil(n / s), so total padding (ceil(n / s) - 1) * s + span - n
+        total = [max(0, (-(-n // s) - 1) * s + t - n) for n, s, t in zip(sizes, strides, span)]
+    else:
         return None
-    total = [d * (k - 1) for k, d in zip(kernel_shape, dilations)]
     small = [t // 2 for t in total]
     large = [t - t // 2 for t in total]
     return tuple(small + large) if padding == "SAME_UPPER" else tuple(large + small)

@@ -79,9 +79,11 @@ def conv_map(graph: Graph, index: int) -> ConvMap | Refusal:
     attrs = attributes(node)
     strides = tuple(attrs.get("strides", (1,) * rank))
     dilations = tuple(attrs.get("dilations", (1,) * rank))
-    pads = conv_padding(node, op.weight.shape[2:], strides, dilations)
+    shape = graph.shape(node.input[0]) or graph.inferred_shape(node.input[0])
+    pads = conv_padding(node, op.weight.shape[2:], strides, dilations, shape[2:] if shape else None)
     if pads is None:
-        return Refusal("Conv pads depend on the input size (auto_pad SAME with stride > 1)")
+        return Refusal("Conv pads depend on the input size (auto_pad SAME with stride > 1), which the "
+                       "model does not record: give it (--input-shape)")
     bias = np.zeros(op.out_channels) if op.bias is None else fold.as_f64(op.bias)
     return ConvMap(fold.as_f64(op.weight), bias, op.groups, strides, dilations, pads, sources=[node.name])
 

@@ -187,3 +187,21 @@ def test_function_attribute_references_are_refused_not_guessed():
     assert report.passes["conv_bn"].rewrites == 0
     assert any("refer to function attributes" in r.reason for r in report.refused)
     assert_same_function(model, result)
+
+
+@pytest.mark.parametrize("shapes,message", [
+    ({"nope": [1, 4, 6, 6]}, "has no such input"),
+    ({"x": [1, 4, -6, 6]}, "whole numbers above 0"),
+    ({"x": [1, 4, 6]}, "3 sizes for an input of rank 4"),
+    ({"x": [1, 5, 6, 6]}, "disagrees with the model's"),
+])
+def test_input_shapes_are_checked_against_the_model(shapes, message):
+    with pytest.raises(onnx_fuse.InputError, match=message):
+        onnx_fuse.optimize(conv_bn(), input_shapes=shapes)
+
+
+def test_given_input_shapes_are_written_into_the_result():
+    model = conv_bn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    result = onnx_fuse.optimize(model, input_shapes={"x": [3, 4, 6, 6]})
+    assert [d.dim_value for d in result.graph.input[0].type.tensor_type.shape.dim] == [3, 4, 6, 6]

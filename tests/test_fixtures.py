@@ -101,9 +101,21 @@ def test_train_form_comes_out_no_larger_than_the_frameworks_deploy_form(name):
     model, inputs, expected = load_fixture(name)
     deploy_name = MANIFEST[name]["deploy"]
     deploy, deploy_inputs, deploy_expected = load_fixture(deploy_name)
-    result, report = optimize(model)
-    fused_deploy, _ = optimize(deploy)
+    sizes = {}
+    if MANIFEST[name].get("needs_input_shape"):
+        sizes = {"input_shapes": {vi.name: list(x.shape) for vi, x in zip(model.graph.input, inputs)}}
+    result, report = optimize(model, **sizes)
+    fused_deploy, _ = optimize(deploy, **sizes)
     ops, deploy_ops = Counter(n.op_type for n in result.graph.node), Counter(n.op_type for n in fused_deploy.graph.node)
     assert len(result.graph.node) <= len(fused_deploy.graph.node), (ops - deploy_ops, report.refused)
     assert ops["Conv"] <= deploy_ops["Conv"]
     assert_matches_framework(run(result, deploy_inputs), deploy_expected, deploy_name)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e.get("needs_input_shape")))
+def test_without_the_input_size_the_size_dependent_merge_is_refused_with_the_remedy(name):
+    model, inputs, expected = load_fixture(name)
+    result, report = optimize(model)
+    assert any("--input-shape" in r.reason for r in report.refused), report.refused
+    assert_matches_framework(run(result, inputs), expected, name)
+    assert [d.dim_value for d in result.graph.input[0].type.tensor_type.shape.dim][1:3] == [0, 0]
