@@ -31,6 +31,12 @@ CONSTANT_FOLDABLE_OPS = frozenset(
 )
 
 
+# elementwise ops: the result has the rank of the (broadcast) inputs
+UNARY_OPS = frozenset({"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Erf", "Tanh", "Gelu", "Softplus", "Neg",
+                       "Abs", "Sqrt", "Exp", "Identity", "Cast", "Clip", "LeakyRelu", "Elu", "Selu", "Mish"})
+RANK_KEEPING_OPS = UNARY_OPS | {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
+
+
 def is_default_domain(node) -> bool:
     return node.domain in DEFAULT_DOMAINS
 
@@ -148,6 +154,7 @@ class Graph:
         self.changed = False
         self._constants: dict[str, np.ndarray | None] = {}
         self._value_info = None
+        self._ranks: dict[str, int | None] = {}
         self._inferred = None
 
     # ---- index -------------------------------------------------------------------------
@@ -359,9 +366,15 @@ class Graph:
             return {}
         return recorded_shapes(inferred.graph.value_info)
 
-    def rank(self, name: str) -> int | None:
-        """The rank of `name` where the model records it, shape inference finds it, or its producer
-        fixes it."""
+    def rank(self, name: str, depth: int = 32) -> int | None:
+        """The rank of `name` where the model records it, shape inference finds it, or the nodes
+        computing it fix it (looked for `depth` nodes back). Exact rewrites keep every tensor's
+        rank, so what is found is kept."""
+        if name not in self._ranks:
+            self._ranks[name] = self._rank(name, depth)
+        return self._ranks[name]
+
+    def _rank(self, name: str, depth: int) -> int | None:
         shape = self.shape(name) or self.inferred_shape(name)
         if shape is not None:
             return len(shape)
@@ -369,13 +382,23 @@ class Graph:
         if value is not None:
             return value.ndim
         index = self.producer_of(name)
-        if index is not None:
-            node = self.node(index)
-            if is_default_domain(node) and node.op_type in ("Gemm", "Flatten"):
-                return 2
-            if is_default_domain(node) and node.op_type == "Reshape":
-                shape = self.constant(node.input[1])
-                return None if shape is None else int(shape.size)
+        if index is None or depth == 0 or not is_default_domain(self.node(index)):
+            return None
+        node = self.node(index)
+        if node.op_type in ("Gemm", "Flatten"):
+            return 2
+        if node.op_type == "Reshape":
+            shape = self.constant(node.input[1])
+            return None if shape is None else int(shape.size)
+        if node.op_type == "Transpose" and not any(a.ref_attr_name for a in node.attribute):
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            return len(perm) if perm else self.rank(node.input[0], depth - 1)
+        if node.op_type == "MatMul":
+            ranks = [self.rank(n, depth - 1) for n in node.input[:2]]
+            return max(ranks) if None not in ranks and min(ranks) >= 2 else None
+        if node.op_type in RANK_KEEPING_OPS:
+            ranks = [self.rank(n, depth - 1) for n in node.input[:1 if node.op_type in UNARY_OPS else 2]]
+            return max(ranks) if ranks and None not in ranks else None
         return None
 
     # ---- edits -------------------------------------------------------------------------

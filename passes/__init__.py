@@ -17,12 +17,14 @@ from .merge_branches import MergeBranches
 from .matmul_affine import FoldIntoMatMul
 from .merge_gemm import MergeGemms
 from .pad_conv import FoldZeroPad
+from .reshape_bn import ReshapeBatchNorm
 
 CANONICAL_PASSES = (
     InlineConstantIf(),
     RemoveIdentity(),
     Dedupe(),
     FoldZeroPad(),
+    ReshapeBatchNorm(),
 )
 
 FOLD_PASSES = (
@@ -38,4 +40,4 @@ FOLD_PASSES = (
 DEFAULT_PASSES = CANONICAL_PASSES + FOLD_PASSES
 
 __all__ = ["DEFAULT_PASSES", "CANONICAL_PASSES", "FOLD_PASSES", "ConvBatchNorm", "ConvAffine", "GemmBatchNorm",
-           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad", "MergeGemms", "FoldIntoMatMul"]
+           "BatchNormConv", "MergeBranches", "InlineConstantIf", "RemoveIdentity", "Dedupe", "FoldZeroPad", "MergeGemms", "FoldIntoMatMul", "ReshapeBatchNorm"]
