@@ -236,9 +236,12 @@ def load_inputs(source, input_names: list) -> dict:
             arrays = {key: data[key] for key in data.files}
     unknown = [key for key in arrays if key not in input_names]
     if unknown:
-        for prefix in ("in", "arr_"):  # positional names
-            if sorted(arrays) == sorted(f"{prefix}{i}" for i in range(len(arrays))) and len(arrays) <= len(input_names):
-                return {input_names[i]: arrays[f"{prefix}{i}"] for i in range(len(arrays))}
+        # positional names: numpy.savez's arr_0, arr_1, ..., or in0, in1, ... (with out0, ... beside
+        # them, as the fixtures' .npz files hold them)
+        for prefix, ignored in (("arr_", ()), ("in", tuple(k for k in arrays if k.startswith("out")))):
+            given = [k for k in arrays if k not in ignored]
+            if sorted(given) == sorted(f"{prefix}{i}" for i in range(len(given))) and 0 < len(given) <= len(input_names):
+                return {input_names[i]: arrays[f"{prefix}{i}"] for i in range(len(given))}
         raise InputError(f"{what}: no graph input named {', '.join(map(repr, unknown))}; "
                          f"the model's inputs are {', '.join(map(repr, input_names))}")
     return arrays
