@@ -193,7 +193,9 @@ class _Job:
 
 def optimize_with_report(model, passes=None, skip=(), *, verify=False, input_shapes: dict | None = None,
                          fold_overridable_initializers: bool = False):
-    """Like `optimize`, and also return the Report of what was done: `(model, report)`.
+    """Like `optimize` (fold normalizations and affines, merge parallel linear branches into one
+    Conv), and also return the Report of what was done: `(model, report)`. The arguments are
+    those of `optimize`.
 
     report.summary() is the table the command prints, report.to_dict() the numbers, and
     report.verification the verdict of `verify` (verdict, max abs / rel error, rtol, atol, the
