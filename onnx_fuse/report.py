@@ -190,7 +190,7 @@ class RunTable:
     """The table printed for a run over several models: a row per model as it finishes, then
     a roll-up line."""
 
-    COLUMNS = f"  {'model':32} {'nodes before':>12} {'after':>7} {'rewrites':>8} {'time':>9}  verify"
+    COLUMNS = f"  {'model':32} {'nodes before':>12} {'after':>7} {'rewrites':>9} {'time':>9}  verify"
 
     def __init__(self, stream):
         self.stream = stream
@@ -213,7 +213,7 @@ class RunTable:
             verify = f"error (exit {record['exit_code']})"
         rewrites = sum(record["rewrites"].values()) if record["nodes_before"] is not None else None
         print(f"  {name:32} {number(record['nodes_before']):>12} {number(record['nodes_after']):>7} "
-              f"{number(rewrites):>8} {seconds:>9}  {verify}", file=self.stream, flush=True)
+              f"{number(rewrites):>9} {seconds:>9}  {verify}", file=self.stream, flush=True)
 
     def finish(self, records: list, output):
         written = [r for r in records if r["exit_code"] == 0]
