@@ -256,6 +256,8 @@ def main(argv=None) -> int:
         parser.error("give at least one input model (or --list-passes)")
     try:
         verify = _verify_options(args)
+        if args.report and not Path(args.report).resolve().parent.is_dir():
+            raise UsageError(f"--report {args.report}: its folder does not exist")
         sources, destinations, several, output = plan(args.inputs, args.output)
         options = dict(passes=_names(args.passes) if args.passes else None, skip=_names(args.skip),
                        verify=verify or False, input_shapes=_shapes(args.input_shape) or None,

@@ -47,8 +47,8 @@ class VerifyOptions:
     rtol      relative tolerance: |optimized - original| <= atol + rtol * |original|
     atol      absolute tolerance; None: the default for the precision the model computes in,
               times each output's largest magnitude (at least 1)
-    trials    how many input sets to run; None: 1, or enough to visit each value an integer input
-              is compared with (at most 8)
+    trials    how many random input sets to run; None: 1, or enough to visit each value an
+              integer input is compared with (at most 8). Loaded inputs run one set per source.
     inputs    real inputs instead of random ones: a .npz (arrays named as the graph inputs) or
               .npy (a model with one input) path, a dict name -> array, or a list of these, one
               trial each; inputs missing from them are drawn at random
@@ -179,7 +179,8 @@ def _small_constants(model) -> dict:
 def compared_values(model: onnx.ModelProto) -> dict:
     """Graph input name -> sorted candidate values, for integer inputs that the model compares
     (Equal, Less, Greater, ...) with constants, directly or through Cast/Identity/reshapes: each
-    constant k, and k - 1 and k + 1, so that every branch a comparison selects can be taken."""
+    constant k, and k - 1 and k + 1, so that every branch a comparison selects can be taken; an
+    input cast to bool (an If condition) takes 0 and 1."""
     from onnx import numpy_helper
 
     readers = {}
@@ -201,7 +202,10 @@ def compared_values(model: onnx.ModelProto) -> dict:
                 continue
             seen.add(name)
             for node in readers.get(name, ()):
-                if node.op_type in PASS_THROUGH and node.input[0] == name:
+                if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.BOOL
+                                                  for a in node.attribute):
+                    candidates.update((0, 1))  # a condition: false and true
+                elif node.op_type in PASS_THROUGH and node.input[0] == name:
                     names.extend(node.output)
                 elif node.op_type in COMPARISONS:
                     for other in node.input:

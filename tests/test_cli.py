@@ -307,3 +307,10 @@ def test_the_table_and_the_roll_up(model_file, tmp_path, capsys):
     assert lines[4].startswith(f"onnx-fuse: 2 of 2 models written to {tmp_path / 'fused'}; nodes 3 -> 2; ")
     assert lines[4].endswith("s; verify: 2 PASSED, 0 FAILED")
     assert len(lines) == 5
+
+
+def test_a_report_into_a_missing_folder_is_refused_before_any_work(model_file, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main([str(model_file), str(out), "--report", str(tmp_path / "no" / "r.json")]) == EXIT_USAGE
+    assert "its folder does not exist" in one_error_line(capsys)
+    assert not out.exists()

@@ -239,6 +239,13 @@ def test_compared_values_are_taken_through_casts():
     assert compared_values(branch_model()) == {"k": [1, 2, 3]}
     assert compared_values(branch_model("Less")) == {"k": [1, 2, 3]}
     assert compared_values(model_with_relus()) == {}
+    as_condition = branch_model()
+    equal = next(n for n in as_condition.graph.node if n.op_type == "Equal")
+    as_condition.graph.node.remove(equal)
+    cast = next(n for n in as_condition.graph.node if n.op_type == "Cast")
+    cast.attribute[0].i = TensorProto.BOOL
+    cast.output[0] = equal.output[0]
+    assert compared_values(as_condition) == {"k": [0, 1]}
 
 
 def test_integer_inputs_take_the_values_they_are_compared_with():
