@@ -3,7 +3,6 @@ framework computed, and whichever tool runs second finds nothing left to do (onn
 bytes; the simplifier: the same nodes, in the same order, on the same tensors). Skipped for a
 tool that is not installed."""
 
-import importlib
 from pathlib import Path
 
 import numpy as np
