@@ -234,7 +234,7 @@ def test_input_shape_sizes_the_verification_inputs(tmp_path, capsys, shape, monk
 
 def test_input_shapes_reach_the_api(model_file, tmp_path, monkeypatch):
     """--input-shape arrives at optimize_file as input_shapes (the passes take them from there)."""
-    import onnx_fuse.cli
+    import onnx_fuse.api
 
     calls = []
     real = onnx_fuse.api.optimize_file
