@@ -1,59 +1,99 @@
-"""The `onnx-fuse` command (also `python -m onnx_fuse`)."""
+"""The `onnx-fuse` command (also `python -m onnx_fuse`). Only the standard library is imported
+before the arguments are parsed, so `--version` and `--help` answer at once."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
 from . import __version__
-from .api import list_passes, optimize_file
-from .io import InputError
-from .progress import Progress
-from .verify import VerificationError
 
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 2, 3, 4
 
 DESCRIPTION = """\
 Rewrite an ONNX model into its fastest exact form: fold every BatchNormalization and
-per-channel Mul/Add/Sub/Div into the Conv, ConvTranspose, Gemm or MatMul beside it.
+per-channel Mul/Add/Sub/Div into the Conv, ConvTranspose, Gemm or MatMul beside it, and merge
+parallel linear branches of one input (RepVGG, ACNet, DBB, MobileOne ...) into one Conv.
 A rewrite is made only when the result computes the same function; everything else,
 including unknown ops and custom domains, passes through untouched.
 """
 
 EPILOG = """\
 examples:
-  onnx-fuse model.onnx -o model.fused.onnx          fold everything that folds exactly
-  onnx-fuse model.onnx -o out.onnx --verify         also compare both in onnxruntime
-  onnx-fuse model.onnx -o out.onnx --verify=bisect  and undo any rewrite that changed the outputs
-  onnx-fuse models/*.onnx -o fused/                 several models into a folder
-  onnx-fuse model.onnx -o out.onnx -v               list every refused match and why
+  onnx-fuse model.onnx model.fused.onnx             fold everything that folds exactly (as onnxsim is called)
+  onnx-fuse model.onnx -o model.fused.onnx          the same
+  onnx-fuse --verify model.onnx out.onnx            also compare both in onnxruntime; on a mismatch write nothing
+  onnx-fuse model.onnx out.onnx --verify --load-inputs x.npz --rtol 1e-3 --atol 1e-4
+                                                    compare on real inputs with your tolerance
+  onnx-fuse model.onnx out.onnx --verify=bisect     undo only the rewrites that changed the outputs
+  onnx-fuse models/*.onnx -o fused/                 several models into a folder, with a table
+  onnx-fuse model.onnx out.onnx -v                  list every refused match and why
   onnx-fuse --list-passes                           what each pass does
 
 exit codes: 0 done, 2 bad usage or unusable input, 3 verification found a mismatch,
 4 internal error (please report it with the model, if you can share it).
 """
 
+VERIFY_VALUES = {"check": "--verify", "bisect": "--bisect"}
 
-def parse_args(argv):
+
+def _expand_verify(argv: list) -> list:
+    """`--verify=bisect` (and `--verify=check`) as the flags they stand for. `--verify` itself
+    takes no value, so it never swallows the input that follows it."""
+    expanded = []
+    for index, token in enumerate(argv):
+        if token == "--":
+            return expanded + argv[index:]
+        if token.startswith("--verify="):
+            value = token.partition("=")[2]
+            if value not in VERIFY_VALUES:
+                expanded.append(token)  # argparse says it takes no value
+                continue
+            expanded += ["--verify"] if value == "check" else ["--verify", "--bisect"]
+            continue
+        expanded.append(token)
+    return expanded
+
+
+def _build_parser():
     parser = argparse.ArgumentParser(prog="onnx-fuse", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="*", metavar="IN", help=".onnx files, or folders of them")
+    parser.add_argument("inputs", nargs="*", metavar="IN",
+                        help=".onnx files or folders of them; without -o, `IN OUT` (one input, one output)")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="output file (one input) or folder (several inputs, or a folder)")
     parser.add_argument("--inplace", action="store_true", help="allow OUT to be the input file itself")
     parser.add_argument("--passes", metavar="A,B", help="run only these passes (see --list-passes)")
     parser.add_argument("--skip", metavar="A,B", default="", help="run all passes but these")
     parser.add_argument("--list-passes", action="store_true", help="list the passes and exit")
-    parser.add_argument("--verify", nargs="?", const="check", choices=["check", "bisect"],
-                        help="run original and result in onnxruntime on random inputs; on a mismatch write "
-                             "nothing (--verify) or find the rewrites responsible, undo only those and write "
-                             "the rest (--verify=bisect)")
+    check = parser.add_argument_group(
+        "verification", "compare the original and the result in onnxruntime (its optimizations off); any of "
+        "these options implies --verify")
+    check.add_argument("--verify", action="store_true",
+                       help="on a mismatch write nothing and exit 3")
+    check.add_argument("--bisect", action="store_true",
+                       help="on a mismatch, find the rewrites responsible, undo only those and write the rest "
+                            "(also spelled --verify=bisect)")
+    check.add_argument("--seed", type=int, metavar="N", help="seed of the random inputs (default 0)")
+    check.add_argument("--rtol", type=_tolerance, metavar="R",
+                       help="relative tolerance (default: by the precision the model computes in: "
+                            "1e-4 float32, 1e-2 float16, 5e-2 bfloat16)")
+    check.add_argument("--atol", type=_tolerance, metavar="A",
+                       help="absolute tolerance: |result - original| <= atol + rtol*|original| (default: "
+                            "1e-5 float32, 1e-2 float16, 5e-2 bfloat16, times each output's largest value)")
+    check.add_argument("--trials", type=_positive, metavar="N",
+                       help="random input sets to run (default 1, or one per value an integer input is "
+                            "compared with, up to 8)")
+    check.add_argument("--load-inputs", action="append", default=[], metavar="FILE",
+                       help="real inputs instead of random ones: .npz with one array per input name (or "
+                            "in0, in1, ...), or .npy for a one-input model; repeat for more trials")
+    check.add_argument("--int-range", action="append", default=[], metavar="[NAME:]LO,HI",
+                       help="integer inputs take values LO..HI inclusive (default: the constants the model "
+                            "compares them with, else 0..3); without NAME, every integer input")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
-                        help="the sizes of an input (repeatable): fixed in the output, used by --verify and by merges "
-                             "that are exact only at a size")
+                        help="the sizes of an input (repeatable; NAME may be left out for a one-input model): "
+                             "fixed in the output, used by --verify and by merges that are exact only at a size")
     parser.add_argument("--fold-overridable-initializers", action="store_true",
                         help="treat initializers that are also graph inputs as constants")
     parser.add_argument("--external-data", metavar="NAME",
@@ -62,30 +102,107 @@ def parse_args(argv):
     parser.add_argument("--external-data-threshold", metavar="BYTES", type=int, default=1024,
                         help="with external data, tensors of at least this many bytes go to the data file "
                              "(default 1024)")
-    parser.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
+    parser.add_argument("--report", metavar="FILE.json",
+                        help="write the report as JSON (schema 1: see the README)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list refused matches with reasons")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("--version", action="version", version=f"onnx-fuse {__version__}")
-    return parser, parser.parse_args(argv)
+    return parser
+
+
+def _tolerance(text):
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
+
+
+def parse_args(argv):
+    parser = _build_parser()
+    return parser, parser.parse_intermixed_args(_expand_verify(list(argv)))
+
+
+class UsageError(Exception):
+    """A command line that cannot be run: exit 2 with this one line."""
 
 
 def _names(text):
     return [name.strip() for name in text.split(",") if name.strip()] if text else []
 
 
-def _shapes(items):
+def _shapes(items) -> dict:
+    """--input-shape NAME:D1,D2,... (NAME "" when left out)."""
     shapes = {}
     for item in items:
         name, _, dims = item.rpartition(":")
         try:
-            shapes[name] = [int(d) for d in dims.split(",")]
+            sizes = [int(d) for d in dims.split(",")]
         except ValueError:
-            raise InputError(f"--input-shape {item!r}: expected NAME:D1,D2,... with whole numbers") from None
+            raise UsageError(f"--input-shape {item!r}: expected NAME:D1,D2,... with whole numbers") from None
+        if any(size < 1 for size in sizes):
+            raise UsageError(f"--input-shape {item!r}: every size must be at least 1")
+        shapes[name] = sizes
     return shapes
 
 
-def _jobs(inputs, output, parser):
-    """(source, destination) pairs; several inputs or a folder write into the folder OUT."""
+def _int_ranges(items) -> dict:
+    """--int-range [NAME:]LO,HI -> {name: (lo, hi)}; name "" for every integer input."""
+    ranges = {}
+    for item in items:
+        name, _, span = item.rpartition(":")
+        try:
+            low, high = (int(v) for v in span.split(","))
+        except ValueError:
+            raise UsageError(f"--int-range {item!r}: expected [NAME:]LO,HI with whole numbers") from None
+        if low > high:
+            raise UsageError(f"--int-range {item!r}: {low} is greater than {high}")
+        ranges[name] = (low, high)
+    return ranges
+
+
+def _verify_options(args):
+    """The VerifyOptions the verification flags ask for, or None without any of them."""
+    wanted = (args.verify or args.bisect or args.seed is not None or args.rtol is not None
+              or args.atol is not None or args.trials is not None or args.load_inputs or args.int_range)
+    if not wanted:
+        return None
+    for path in args.load_inputs:
+        if not Path(path).is_file():
+            raise UsageError(f"--load-inputs {path}: no such file")
+        if Path(path).suffix not in (".npz", ".npy"):
+            raise UsageError(f"--load-inputs {path}: give a .npz or .npy file")
+    from .verify import VerifyOptions
+
+    return VerifyOptions(seed=args.seed or 0, rtol=args.rtol, atol=args.atol, trials=args.trials,
+                         inputs=list(args.load_inputs) or None, int_ranges=_int_ranges(args.int_range),
+                         bisect=args.bisect)
+
+
+def _is_folder_name(output: str) -> bool:
+    return output.endswith(("/", "\\")) or Path(output).is_dir()
+
+
+def plan(inputs: list, output: str | None) -> tuple[list, list, bool, str]:
+    """(sources, destinations, several, output) from the positional arguments and -o.
+    Without -o, two positionals are IN OUT (as onnxsim and onnxslim take them). Several inputs,
+    or a folder, go into an output folder, which must not look like a file name."""
+    if output is None:
+        if len(inputs) == 2:
+            inputs, output = inputs[:1], inputs[1]
+        elif len(inputs) == 1:
+            raise UsageError("give the output: onnx-fuse IN OUT, or -o OUT (nothing is overwritten unless "
+                             "you say --inplace)")
+        else:
+            raise UsageError(f"{len(inputs)} inputs: give the output folder with -o FOLDER")
+    from .io import InputError
+
     sources = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -95,17 +212,26 @@ def _jobs(inputs, output, parser):
             sources += found
         else:
             sources.append(item)
-    if output is None:
-        parser.error("give the output with -o OUT (nothing is overwritten unless you say --inplace)")
     out = Path(output)
-    if len(sources) == 1 and not Path(inputs[0]).is_dir() and not (out.is_dir() or output.endswith(("/", "\\"))):
-        return sources, [out], False
+    several = len(sources) > 1 or Path(inputs[0]).is_dir()
+    if not several and not _is_folder_name(output):
+        return sources, [out], False, output
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: several inputs need an output folder, and this is a file")
+        raise UsageError(f"{out}: {len(sources)} inputs need an output folder, and this is a file")
+    if not out.exists() and out.suffix.lower() == ".onnx" and several:
+        raise UsageError(f"-o {output}: {len(sources)} inputs need an output folder, not a file name "
+                         f"(write -o {out.with_suffix('')}/ or name a folder)")
     if not out.parent.is_dir():
         raise InputError(f"{out}: its parent folder does not exist")
     out.mkdir(exist_ok=True)
-    return sources, [out / source.name for source in sources], True
+    return sources, [out / source.name for source in sources], several, output
+
+
+def write_report(path, document: dict):
+    """Write the --report document as JSON."""
+    import json
+
+    Path(path).write_text(json.dumps(document, indent=2) + "\n")
 
 
 def _print_refusals(report):
@@ -115,8 +241,13 @@ def _print_refusals(report):
 
 def main(argv=None) -> int:
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
+    import logging
+
     logging.basicConfig(format="onnx-fuse: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING)
+    from .api import list_passes, select_passes
+    from .io import InputError
+
     if args.list_passes:
         for name, summary in list_passes():
             print(f"{name:14} {summary}")
@@ -124,36 +255,47 @@ def main(argv=None) -> int:
     if not args.inputs:
         parser.error("give at least one input model (or --list-passes)")
     try:
-        sources, destinations, many = _jobs(args.inputs, args.output, parser)
+        verify = _verify_options(args)
+        if args.report and not Path(args.report).resolve().parent.is_dir():
+            raise UsageError(f"--report {args.report}: its folder does not exist")
+        sources, destinations, several, output = plan(args.inputs, args.output)
         options = dict(passes=_names(args.passes) if args.passes else None, skip=_names(args.skip),
-                       verify={None: False, "check": True, "bisect": "bisect"}[args.verify],
-                       input_shapes=_shapes(args.input_shape),
+                       verify=verify or False, input_shapes=_shapes(args.input_shape) or None,
                        fold_overridable_initializers=args.fold_overridable_initializers,
                        inplace=args.inplace, external_data=args.external_data,
                        external_threshold=args.external_data_threshold)
-        from .api import select_passes
-
         select_passes(options["passes"], options["skip"])
-    except (InputError, ValueError) as error:
+    except (UsageError, InputError, ValueError) as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    from .report import RunTable, model_record, report_document
+
+    table = RunTable(sys.stdout) if several and not args.quiet else None
+    if table is not None:
+        table.start(len(sources), output)
     worst = EXIT_OK
-    reports = {}
+    records = []
     for source, destination in zip(sources, destinations):
-        code, report = _one(source, destination, dict(options), args)
+        code, report, error = _one(source, destination, dict(options), args, several)
         worst = max(worst, code)
-        if report is not None:
-            reports[str(source)] = report.to_dict()
-    if many and not args.quiet:
-        failed = sum(1 for s in sources if str(s) not in reports)
-        print(f"onnx-fuse: {len(sources) - failed} of {len(sources)} models written to {args.output}")
+        record = model_record(source, destination, report, code, error)
+        records.append(record)
+        if table is not None:
+            table.row(record)
+    if table is not None:
+        table.finish(records, output)
     if args.report:
-        data = next(iter(reports.values())) if not many and reports else reports
-        Path(args.report).write_text(json.dumps(data, indent=2) + "\n")
+        write_report(args.report, report_document(records))
     return worst
 
 
-def _one(source: Path, destination: Path, options: dict, args):
+def _one(source: Path, destination: Path, options: dict, args, several: bool):
+    """Optimize one file: (exit code, Report or None, error line or None)."""
+    from .api import optimize_file
+    from .io import InputError
+    from .progress import Progress
+    from .verify import VerificationError
+
     status = None
     if not (args.quiet or args.verbose) and sys.stderr.isatty():  # a status line on a terminal, for long runs
         status = Progress(sys.stderr, prefix=f"onnx-fuse: {source.name}: ")
@@ -166,17 +308,17 @@ def _one(source: Path, destination: Path, options: dict, args):
                 status.done()
     except InputError as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
-        return EXIT_USAGE, None
+        return EXIT_USAGE, None, str(error)
     except VerificationError as error:
-        print(f"onnx-fuse: error: {source}: verification failed, nothing written: {error}", file=sys.stderr)
-        return EXIT_VERIFY, None
+        print(f"onnx-fuse: error: {source}: {error}; nothing written", file=sys.stderr)
+        return EXIT_VERIFY, getattr(error, "report", None), str(error)
     except Exception as error:  # a bug in onnx-fuse: say so in one line, traceback with -v
         if args.verbose:
             raise
         print(f"onnx-fuse: internal error on {source}: {type(error).__name__}: {error} (run with -v for details)",
               file=sys.stderr)
-        return EXIT_INTERNAL, None
-    if not args.quiet:
+        return EXIT_INTERNAL, None, f"{type(error).__name__}: {error}"
+    if not args.quiet and (not several or args.verbose):
         print(f"onnx-fuse: {source} -> {destination}")
         print(report.summary())
         if args.verbose:
@@ -184,4 +326,4 @@ def _one(source: Path, destination: Path, options: dict, args):
     for pass_name, where, node in report.undone:
         print(f"onnx-fuse: warning: {source}: undid {pass_name} at {node} ({where}): it changed the outputs",
               file=sys.stderr)
-    return EXIT_OK, report
+    return EXIT_OK, report, None

@@ -20,8 +20,12 @@ from .graph import Graph, is_default_domain
 
 GATES = {"Erf": "GELU", "Tanh": "GELU/Mish", "Sigmoid": "SiLU/Swish", "HardSigmoid": "HardSwish",
          "Softplus": "Mish", "Clip": "HardSwish", "Relu": "HardSwish", "ReduceMean": "LayerNorm/RMSNorm"}
-# ops an idiom is written with between x, its gate and its closing op
-STEPS = frozenset(GATES) | {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Max", "Min"}
+# gates whose idiom ends in constants the fusion needs: GELU's 0.5, HardSwish's 1/6 (x * relu6(x + 3)
+# / 6), LayerNorm's gamma and beta; SiLU and x * HardSigmoid(x) have none, and a scale after them
+# is free to fold
+TRAILING_CONSTANTS = frozenset({"Erf", "Tanh", "Clip", "Relu", "ReduceMean"})
+# ops an idiom is written with between x, its gate and its closing op (Identity: exporter glue)
+STEPS = frozenset(GATES) | {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Max", "Min", "Identity"}
 CONSTANT_SCALES = ("Mul", "Div", "Add", "Sub")
 REACH = 4  # steps searched on each side of a gate
 
@@ -98,7 +102,8 @@ def _region(graph: Graph, gate: int) -> set[int]:
                     region.update(path[reader], scaled)
                     for x in closing + [_variables(graph, graph.node(p))[0] for p in scaled]:
                         region |= _between(graph, before, x)
-                    region |= _trailing(graph, reader)
+                    if graph.node(gate).op_type in TRAILING_CONSTANTS:
+                        region |= _trailing(graph, reader)
                 following.append(reader)
         frontier = following
     return region
@@ -107,12 +112,16 @@ def _region(graph: Graph, gate: int) -> set[int]:
 def _trailing(graph: Graph, closing: int) -> set[int]:
     """Up to two constant scales or shifts right after the closing op (GELU's 0.5, HardSwish's
     1/6, LayerNorm's gamma and beta)."""
-    found, index = set(), closing
-    for _ in range(2):
+    found, index, scales = set(), closing, 0
+    while scales < 2:
         reader = graph.sole_consumer(graph.node(index).output[0])
-        if not _constant_scale(graph, reader):
+        if reader is not None and is_default_domain(graph.node(reader)) and graph.node(reader).op_type == "Identity":
+            found.add(reader)  # exporter glue between the idiom's ops
+        elif _constant_scale(graph, reader):
+            found.add(reader)
+            scales += 1
+        else:
             break
-        found.add(reader)
         index = reader
     return found
 
@@ -140,10 +149,14 @@ def find_idioms(graph: Graph, indices_of) -> dict[int, str]:
     the nodes of those types."""
     idioms: dict[int, str] = {}
     for gate in indices_of(tuple(GATES)):
-        name = GATES[graph.node(gate).op_type]
+        name = GATES.get(graph.node(gate).op_type)  # a node replaced since is listed under its old type
+        if name is None:
+            continue
         for index in _region(graph, gate):
             idioms.setdefault(index, name)
     for softmax in indices_of(("Softmax",)):
+        if graph.node(softmax).op_type != "Softmax":
+            continue
         for index in _attention_scales(graph, softmax):
             idioms.setdefault(index, "attention scale")
     return idioms

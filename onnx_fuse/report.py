@@ -125,7 +125,108 @@ class Report:
         for pass_name, where, node in self.undone:
             lines.append(f"  undone: {pass_name} at {node} ({where}) changed the outputs; left as it was")
         if self.verification:
-            v = self.verification
-            lines.append(f"  verified: max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}")
+            from .verify import verdict_line
+
+            lines.append("  " + verdict_line(self.verification))
         lines.append(f"  time: {self.seconds:.3f} s")
         return "\n".join(lines)
+
+
+# ---- the --report document and the table of a run over several models ------------------------
+
+SCHEMA = 1  # the --report document's version: raised only when a field changes meaning or goes
+
+
+def _version(*distributions) -> str | None:
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def model_record(source, destination, report: Report | None, exit_code: int, error: str | None) -> dict:
+    """One model's entry in the --report document (see the README's "The report file")."""
+    def ops(stats):
+        return None if stats is None else dict(sorted(stats.ops.items()))
+
+    before = report.before if report else None
+    after = report.after if report else None
+    return {
+        "input": str(source),
+        "output": str(destination) if exit_code == 0 else None,
+        "exit_code": exit_code,
+        "error": error,
+        "nodes_before": before.nodes if before else None,
+        "nodes_after": after.nodes if after else None,
+        "parameters_before": before.parameters if before else None,
+        "parameters_after": after.parameters if after else None,
+        "ops_before": ops(before),
+        "ops_after": ops(after),
+        "rewrites": {p.name: p.rewrites for p in report.passes.values()} if report else {},
+        "pass_seconds": {p.name: round(p.seconds, 6) for p in report.passes.values()} if report else {},
+        "refusals": [{"pass": r.pass_name, "where": r.where, "node": r.node, "reason": r.reason}
+                     for r in report.refused] if report else [],
+        "undone": [{"pass": p, "where": w, "node": n} for p, w, n in report.undone] if report else [],
+        "seconds": round(report.seconds, 6) if report else None,
+        "verify": dict(report.verification) if report and report.verification else None,
+    }
+
+
+def report_document(records: list) -> dict:
+    """The --report document: schema version, tool versions, and one record per model."""
+    from . import __version__
+
+    return {"schema": SCHEMA, "onnx_fuse": __version__, "onnx": _version("onnx"),
+            "onnxruntime": _version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino",
+                                    "onnxruntime-directml"),
+            "models": records}
+
+
+class RunTable:
+    """The table printed for a run over several models: a row per model as it finishes, then
+    a roll-up line."""
+
+    COLUMNS = f"  {'model':32} {'nodes before':>12} {'after':>7} {'rewrites':>9} {'time':>9}  verify"
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def start(self, count: int, output):
+        print(f"onnx-fuse: {count} models -> {output}", file=self.stream)
+        print(self.COLUMNS, file=self.stream)
+
+    def row(self, record: dict):
+        name = record["input"].replace("\\", "/").rsplit("/", 1)[-1]
+        if len(name) > 32:
+            name = name[:31] + "~"
+
+        def number(value):
+            return "-" if value is None else f"{value:,}"
+
+        seconds = "-" if record["seconds"] is None else f"{record['seconds']:.2f} s"
+        verify = record["verify"]["verdict"] if record["verify"] else "-"
+        if record["exit_code"] not in (0, 3):
+            verify = f"error (exit {record['exit_code']})"
+        rewrites = sum(record["rewrites"].values()) if record["nodes_before"] is not None else None
+        print(f"  {name:32} {number(record['nodes_before']):>12} {number(record['nodes_after']):>7} "
+              f"{number(rewrites):>9} {seconds:>9}  {verify}", file=self.stream, flush=True)
+
+    def finish(self, records: list, output):
+        written = [r for r in records if r["exit_code"] == 0]
+        line = f"onnx-fuse: {len(written)} of {len(records)} models written to {output}"
+        failed = len(records) - len(written)
+        if failed:
+            line += f", {failed} failed"
+        if written:
+            before = sum(r["nodes_before"] for r in written)
+            after = sum(r["nodes_after"] for r in written)
+            line += f"; nodes {before:,} -> {after:,}"
+        line += f"; {sum(r['seconds'] or 0 for r in records):.2f} s"
+        verdicts = [r["verify"]["verdict"] for r in records if r["verify"]]
+        if verdicts:
+            line += f"; verify: {verdicts.count('PASSED')} PASSED, {verdicts.count('FAILED')} FAILED"
+        print(line, file=self.stream)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -148,3 +150,18 @@ def conv(b: ModelBuilder, x, cin, cout, *, rank=2, k=3, groups=1, bias=True, tra
     if "auto_pad" not in attrs:
         attrs.setdefault("pads", [k // 2] * (2 * rank))
     return b.node("ConvTranspose" if transpose else "Conv", inputs, group=groups, **attrs)
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+MANIFEST = {name: entry for path in sorted(FIXTURES.glob("manifest_*.json"))
+            for name, entry in json.loads(path.read_text()).items()}
+
+
+def assert_matches_framework(actual, expected, name=None, tolerance=1e-5):
+    """Within `tolerance` relative of the framework's outputs, or the fixture's own tolerance when
+    the manifest gives a looser one (a float16 conversion holds float16's)."""
+    own = MANIFEST.get(name, {}).get("tolerance", {})
+    rtol, atol_rel = max(tolerance, own.get("rtol", 0)), max(tolerance, own.get("atol_rel", 0))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol_rel * float(np.max(np.abs(e))))

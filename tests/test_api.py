@@ -191,9 +191,9 @@ def test_function_attribute_references_are_refused_not_guessed():
 
 @pytest.mark.parametrize("shapes,message", [
     ({"nope": [1, 4, 6, 6]}, "has no such input"),
-    ({"x": [1, 4, -6, 6]}, "whole numbers above 0"),
-    ({"x": [1, 4, 6]}, "3 sizes for an input of rank 4"),
-    ({"x": [1, 5, 6, 6]}, "disagrees with the model's"),
+    ({"x": [1, 4, -6, 6]}, "whole number >= 1"),
+    ({"x": [1, 4, 6]}, "the input has rank 4"),
+    ({"x": [1, 5, 6, 6]}, "the model fixes it at 4"),
 ])
 def test_input_shapes_are_checked_against_the_model(shapes, message):
     with pytest.raises(onnx_fuse.InputError, match=message):
@@ -205,3 +205,52 @@ def test_given_input_shapes_are_written_into_the_result():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     result = onnx_fuse.optimize(model, input_shapes={"x": [3, 4, 6, 6]})
     assert [d.dim_value for d in result.graph.input[0].type.tensor_type.shape.dim] == [3, 4, 6, 6]
+
+
+# ---- the keywords, spelled out -----------------------------------------------------------------
+
+@pytest.mark.parametrize("function", [onnx_fuse.optimize, onnx_fuse.optimize_with_report, onnx_fuse.optimize_file])
+def test_keyword_arguments_are_spelled_out(function):
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    assert {"passes", "skip", "verify", "input_shapes", "fold_overridable_initializers"} <= set(parameters)
+    assert "branch" in function.__doc__
+
+
+def test_passes_and_skip_take_comma_separated_names():
+    model = conv_bn()
+    assert op_counts(onnx_fuse.optimize(model, skip="conv_bn,bn_conv"))["BatchNormalization"] == 1
+    assert op_counts(onnx_fuse.optimize(model, skip="bn_conv, conv_bn"))["BatchNormalization"] == 1
+    assert op_counts(onnx_fuse.optimize(model, skip="bn_conv"))["BatchNormalization"] == 0
+    assert op_counts(onnx_fuse.optimize(model, passes="gemm_bn,conv_bn"))["BatchNormalization"] == 0
+    assert op_counts(onnx_fuse.optimize(model, passes="gemm_bn,bn_conv"))["BatchNormalization"] == 1
+    with pytest.raises(ValueError, match="unknown pass 'conv_bn,bn_conv '"):
+        onnx_fuse.optimize(model, skip=["conv_bn,bn_conv "])  # a list holds names, not lists of names
+
+
+def test_verify_options_in_the_api():
+    _, report = onnx_fuse.optimize_with_report(conv_bn(), verify=onnx_fuse.VerifyOptions(seed=3, trials=2, rtol=1e-3))
+    v = report.verification
+    assert (v["verdict"], v["seed"], v["trials"], v["rtol"]) == ("PASSED", 3, 2, 1e-3)
+
+
+def test_input_shapes_are_checked_in_the_api():
+    with pytest.raises(onnx_fuse.InputError, match="no such input"):
+        onnx_fuse.optimize(conv_bn(), input_shapes={"y": [1, 4, 6, 6]})
+    with pytest.raises(onnx_fuse.InputError, match="at least 1|whole number >= 1"):
+        onnx_fuse.optimize(conv_bn(), input_shapes={"x": [1, 4, 0, 6]})
+    assert op_counts(onnx_fuse.optimize(conv_bn(), input_shapes={"x": [1, 4, 6, 6]})) == {"Conv": 1, "Relu": 1}
+
+
+def test_the_public_names_import_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, onnx_fuse\nassert 'onnx' not in sys.modules\n"
+            "from onnx_fuse import optimize, VerifyOptions, InputError, VerificationError, Report\n"
+            "assert 'onnx' in sys.modules and callable(optimize)\n"
+            "assert set(onnx_fuse.__all__) <= set(dir(onnx_fuse))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

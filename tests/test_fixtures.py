@@ -2,21 +2,16 @@
 after onnx-fuse no normalization or constant affine op follows a Conv, and the outputs still match
 the framework's own to 1e-5 relative."""
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from support import optimize, session
+from support import FIXTURES, MANIFEST, assert_matches_framework, optimize, session
 
 from onnx_fuse.idioms import find_idioms
 from onnx_fuse.scope import GraphScope, NameScope
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-MANIFEST = {name: entry for path in sorted(FIXTURES.glob("manifest_*.json"))
-            for name, entry in json.loads(path.read_text()).items()}
 AFFINE = ("BatchNormalization", "Mul", "Add", "Sub", "Div")
 
 
@@ -56,14 +51,6 @@ def affine_after_conv(model) -> Counter:
         if reads_conv and (node.op_type == "BatchNormalization" or any(i in const for i in node.input)):
             found[node.op_type] += 1
     return found
-
-
-def assert_matches_framework(actual, expected, name=None):
-    """Within 1e-5 relative of the framework's outputs (a float16 model: the manifest's tolerance)."""
-    tolerance = MANIFEST.get(name, {}).get("tolerance", {})
-    rtol, atol_rel = tolerance.get("rtol", 1e-5), tolerance.get("atol_rel", 1e-5)
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol_rel * float(np.max(np.abs(e))))
 
 
 def known_gap(name):
