@@ -1,7 +1,7 @@
 """Never slower: the onnxruntime latency of onnx-fuse's output against its input and the deploy form.
 
     python benchmarks/latency.py                     # every model, 1 thread and the default count
-    python benchmarks/latency.py --quick             # a smoke run: few rounds
+    python benchmarks/latency.py --quick             # a smoke run: few rounds, no verdicts
     python benchmarks/latency.py --models repvit,gelu_erf --skip bn_conv   # bisect a slowdown
     python benchmarks/latency.py --list              # the models
 
@@ -23,7 +23,8 @@ runs next.
 
 PASS: the three ratios <= 1.02 and A/A within 1.00 +- 0.01; FAIL: a ratio above 1.02 by more
 than the control's distance from 1.00; NOISY: a ratio above 1.02 but within that distance, and
-pass?: ratios within 1.02 but the control out of range (the machine was busy; run again). `ORT ops`
+pass?: ratios within 1.02 but the control out of range (the machine was busy; run again). A
+ratio in parentheses compares a model with itself (onnx-fuse rewrote nothing) and is not judged. `ORT ops`
 lists the ops whose count in onnxruntime's optimized graph differs between a form and its
 onnx-fuse output (Gelu, LayerNormalization, FusedConv, NCHWc reorders...).
 """
@@ -146,17 +147,24 @@ def paired_ratios(models: dict, threads: int, feed, epochs: int, rounds: int, pa
 PAIRS = (("fused", "train"), ("fused", "deploy"), ("deploy_fused", "deploy"), ("deploy_copy", "deploy"))
 
 
-def verdict(ratios) -> str:
+def verdict(ratios, unchanged=()) -> str:
     """PASS: every ratio <= 1.02 and the control within 1.00 +- 0.01. FAIL: a ratio above 1.02 by
     more than the control's own distance from 1.00. Otherwise NOISY (a ratio above 1.02 within
-    the noise) or pass? (the ratios are fine but the control is out of its range)."""
+    the noise) or pass? (the ratios are fine but the control is out of its range). Pairs in
+    `unchanged` compare a model with itself (onnx-fuse rewrote nothing) and are not judged."""
     noise = abs(ratios[("deploy_copy", "deploy")] - 1.0)
-    worst = max(ratios[p] for p in PAIRS[:3])
+    judged = [ratios[p] for p in PAIRS[:3] if p not in unchanged]
+    worst = max(judged, default=1.0)
     if worst > RATIO_LIMIT + noise:
         return "FAIL"
     if worst > RATIO_LIMIT:
         return "NOISY"
     return "PASS" if noise <= CONTROL_TOLERANCE else "pass?"
+
+
+def shown(ratios, pair, unchanged) -> str:
+    """A ratio with 3 decimals; in parentheses when onnx-fuse changed nothing (not judged)."""
+    return f"({ratios[pair]:.3f})" if pair in unchanged else f"{ratios[pair]:.3f}"
 
 
 def max_relative_error(a, b) -> float:
@@ -166,7 +174,7 @@ def max_relative_error(a, b) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated names (see --list); default all")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 epochs of 10 rounds")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 epochs of 10 rounds, no verdicts")
     parser.add_argument("--seconds", type=float, default=4.0, help="time per model and thread count (default 4)")
     parser.add_argument("--epochs", type=int, default=6, help="fresh sessions this many times (default 6)")
     parser.add_argument("--threads", default="1,0", help="intra-op thread counts, 0 = onnxruntime's default")
@@ -209,8 +217,11 @@ def main(argv=None):
         if args.infer_shapes:
             forms.train = onnx.shape_inference.infer_shapes(forms.train)
             forms.deploy = onnx.shape_inference.infer_shapes(forms.deploy)
-        fused = onnx_fuse.optimize(forms.train, **options)
-        deploy_fused = onnx_fuse.optimize(forms.deploy, **options)
+        fused, fused_report = onnx_fuse.optimize_with_report(forms.train, **options)
+        deploy_fused, deploy_report = onnx_fuse.optimize_with_report(forms.deploy, **options)
+        # onnx-fuse rewrote nothing: that ratio compares a model with itself, a second control
+        unchanged = {pair for pair, report in ((PAIRS[0], fused_report), (PAIRS[2], deploy_report))
+                     if not report.rewrites}
         models = {"train": forms.train, "fused": fused, "deploy": forms.deploy, "deploy_copy": forms.deploy,
                   "deploy_fused": deploy_fused}
         feed = {forms.train.graph.input[0].name:
@@ -233,12 +244,13 @@ def main(argv=None):
                 if max(errors.values()) > 1e-4:
                     notes.append("outputs differ: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
             epochs = 2 if args.quick else args.epochs
-            rounds = 10 if args.quick else max(20, min(1000, int(args.seconds / epochs / max(per_round, 1e-6))))
+            rounds = 10 if args.quick else max(40, min(1000, int(args.seconds / epochs / max(per_round, 1e-6))))
             ratios, medians = paired_ratios(models, count, feed, epochs, rounds, PAIRS)
-            result = verdict(ratios)
+            result = "-" if args.quick else verdict(ratios, unchanged)
             results.append((name, count, result))
             print(f"{name:17} {count or 'def':>3} {nodes:>15} {medians['deploy'] * 1e3:>9.2f} "
-                  f"{ratios[PAIRS[0]]:>11.3f} {ratios[PAIRS[1]]:>12.3f} {ratios[PAIRS[2]]:>12.3f} "
+                  f"{shown(ratios, PAIRS[0], unchanged):>11} {shown(ratios, PAIRS[1], unchanged):>12} "
+                  f"{shown(ratios, PAIRS[2], unchanged):>12} "
                   f"{ratios[PAIRS[3]]:>6.3f} {epochs * rounds:>6}  {result}", flush=True)
         before, after = ort_ops(forms.train), ort_ops(fused)
         dep_before, dep_after = ort_ops(forms.deploy), ort_ops(deploy_fused)
@@ -251,6 +263,9 @@ def main(argv=None):
         for note in notes:
             print(f"  {note}")
 
+    if args.quick:
+        print("\n--quick: too few runs to judge; no verdicts")
+        return 0
     counts = Counter(result for _, _, result in results)
     print("\n" + ", ".join(f"{k} {counts[k]}" for k in ("PASS", "FAIL", "NOISY", "pass?") if counts[k]))
     failed = [f"{name}@{count or 'def'}" for name, count, result in results if result in ("FAIL", "NOISY")]
