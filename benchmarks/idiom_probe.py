@@ -78,6 +78,7 @@ CASES = [
      graph("a = Div(x, s2)\nb = Erf(a)\nc = Add(b, one)\nh = Mul(x, half)\ny = Mul(h, c)", GELU_CONSTS)),
     ("GELU erf, operands swapped: Add(1,erf) Mul(c,x) Mul(0.5,d)",
      graph("a = Div(x, s2)\nb = Erf(a)\nc = Add(one, b)\nd = Mul(c, x)\ny = Mul(half, d)", GELU_CONSTS)),
+    ("GELU erf, 0.5 written as 0.5000001", graph(GELU, GELU_CONSTS.replace("{0.5}", "{0.5000001}"))),
     ("GELU erf, constants of shape [1]", graph(GELU, GELU_CONSTS.replace("float ", "float[1] "))),
     ("GELU erf, Mul(x, 1/sqrt2) instead of Div(x, sqrt2)",
      graph(GELU.replace("Div(x, s2)", "Mul(x, s2)"), GELU_CONSTS.replace("1.4142135", "0.70710677"))),
