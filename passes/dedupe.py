@@ -38,8 +38,10 @@ class Dedupe(Pass):
     anchors = PURE_LAYOUT_OPS
 
     def match(self, graph: Graph, index: int):
+        if index >= graph.original_size:  # added by a rewrite: its number is not its place in the order
+            return None
         node = graph.node(index)
-        if index >= graph.original_size or not node.input or not node.input[0]:
+        if not node.input or not node.input[0]:
             return None
         twin = next((r for r in dict.fromkeys(graph.readers(node.input[0]))
                      if r < index and is_op(graph.node(r), node.op_type) and same_node(graph.node(r), node)), None)

@@ -48,8 +48,7 @@ class MergeGemms(Pass):
     anchors = ("Add", "Sub", "Sum")
 
     def match(self, graph: Graph, index: int):
-        node = graph.node(index)
-        gemms = [producer_if(graph, name, "Gemm") for name in node.input]
+        gemms = [producer_if(graph, name, "Gemm") for name in graph.node(index).input]
         if len(gemms) < 2 or None in gemms or len(set(gemms)) != len(gemms):
             return None
         sources = {graph.node(g).input[0] for g in gemms}

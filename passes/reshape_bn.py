@@ -2,7 +2,9 @@
 straight back to y's shape (BatchNorm1d on flattened tokens: LeViT's Linear + BN, written
 Reshape/Flatten -> BN -> Reshape), is a Mul and an Add along y's last axis: the MatMul computing y
 then takes them in. Refuses when the first reshape does not keep y's last axis as the columns,
-the second is not known to restore y's shape, or the statistics are not constant.
+the second is not known to restore y's shape, the statistics are not constant, or y is not
+the output of a MatMul by a constant weight that nothing else reads (a Mul and an Add in place
+of the BatchNormalization would then stay, and run slower).
 """
 
 from __future__ import annotations
@@ -108,6 +110,14 @@ class ReshapeBatchNorm(Pass):
             return Refusal(f"Reshape '{restore.name}' is not known to give '{y}' its shape back")
         if shape_node is not None and graph.consumer_count(graph.node(shape_node).output[0]) != 1:
             shape_node = None  # read elsewhere too: it stays
+        # the Mul must go into the MatMul computing y: a Mul and an Add in place of one
+        # BatchNormalization would be slower (a pre-norm on the residual stream stays a BN)
+        matmul = producer_if(graph, y, "MatMul")
+        weight = graph.constant_type(graph.node(matmul).input[1]) if matmul is not None else None
+        readers = set(graph.readers(y)) - {match.flatten, shape_node}
+        if weight is None or len(weight[0]) != 2 or readers or y in graph.outputs:
+            return Refusal(f"'{y}' is not a MatMul's output read only here: the Mul and Add in place of the "
+                           "BatchNormalization would not fold away")
         ab = batchnorm_affine(graph, batchnorm, scale.size)
         if isinstance(ab, Refusal):
             return ab

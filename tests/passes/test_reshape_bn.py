@@ -44,3 +44,14 @@ def test_the_negative_twins_stay(case, reason):
     else:
         b.output(levit_block(b, x, flatten="reshape", restore=[3, 2, 5]))
     assert_unchanged(b.model(), reason, passes=["reshape_bn"])
+
+
+def test_a_pre_norm_on_the_residual_stream_stays_a_batchnorm():
+    """BN(x.flatten(0, 1)).reshape_as(x) where x also feeds the residual: no MatMul takes a Mul in,
+    and a Mul + Add would run slower than the one BatchNormalization."""
+    b = ModelBuilder(seed=3)
+    x = b.node("Relu", [b.input([2, 3, 5])])
+    z = b.batchnorm(b.node("Flatten", [x], axis=2), 5)
+    y = b.node("Reshape", [z, b.node("Shape", [x])])
+    b.output(b.node("Add", [x, b.node("MatMul", [y, b.const(b.weights(5, 5), "w")])]))
+    assert_unchanged(b.model(), "would not fold away", passes=["reshape_bn"])
