@@ -148,7 +148,8 @@ def optimize(model, passes=None, skip=(), **options) -> onnx.ModelProto:
 
 def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, verify=False,
                   input_shapes: dict | None = None, fold_overridable_initializers: bool = False,
-                  external_data: str | None = None, external_threshold: int = 1024, progress=None) -> Report:
+                  external_data: str | None = None, external_threshold: int = 1024, progress=None,
+                  guard: io.WriteGuard | None = None) -> Report:
     """Optimize the model at `src` and write it atomically to `dst`. Returns the Report.
 
     External data stays in its files while the passes run: only the weights a rewrite touches
@@ -156,6 +157,10 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     default dst's name + ".data"), written beside `dst` when the input had external data, the
     result exceeds 2 GB, or `external_data` is given. `progress`, if given, is called with a
     one-line status (reading, rewrites per pass, verifying, writing) as the work goes on.
+
+    Nothing the run reads is ever written: an output (or its data file) that is the input model
+    or one of its data files raises InputError (unless `inplace`). `guard`, shared by the
+    models of one run, also refuses two outputs of the run in one place.
     """
     progress = progress or (lambda _text: None)
     src, dst = Path(src), Path(dst)
@@ -165,8 +170,14 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     progress("reading")
     source = io.load_path(src, lazy=True)
     io.check_input(source, str(src))
-    external = io.ExternalData(src.resolve())
-    data_name = io.output_data_name(source, dst, external_data, external, inplace)
+    guard = guard if guard is not None else io.WriteGuard()
+    guard.add_model(src, source)
+    owner, replaceable = str(src), io.model_files(src, source) if inplace else ()
+    guard.claim(dst, f"the output of {src}", owner, replaceable)
+    external = io.ExternalData(src.absolute())
+    data_name = io.output_data_name(source, dst, external_data, external)
+    if data_name is not None:
+        guard.claim(dst.parent / data_name, f"the external data of the output of {src}", owner, replaceable)
     with io.staged(dst) as stage:
         if not verify:  # verification reads the new tensors from memory
             # new large weights go straight to the output's data file, or are held until written
@@ -174,6 +185,9 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
             external.hold = data_name is None
         job = _Job(source, selected, fold_overridable_initializers, input_shapes, external, progress)
         model, report = job.optimize(verify)
+        if data_name is None and io.needs_external_data(model, external):  # the folds made it exceed 2 GB
+            data_name = io.output_data_name(model, dst, None, external)
+            guard.claim(dst.parent / data_name, f"the external data of the output of {src}", owner, replaceable)
         progress("writing")
         io.write_model(model, stage / dst.name, external=external, data_name=data_name,
                        threshold=external_threshold)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, io
 from .api import list_passes, optimize_file
 from .io import InputError
 from .progress import Progress
 from .verify import VerificationError
 
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 2, 3, 4
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM exits with 128 + 15 = 143
 
 DESCRIPTION = """\
 Rewrite an ONNX model into its fastest exact form: fold every BatchNormalization and
@@ -32,8 +34,9 @@ examples:
   onnx-fuse model.onnx -o out.onnx -v               list every refused match and why
   onnx-fuse --list-passes                           what each pass does
 
-exit codes: 0 done, 2 bad usage or unusable input, 3 verification found a mismatch,
-4 internal error (please report it with the model, if you can share it).
+exit codes: 0 done, 2 bad usage or unusable input (or a write that would overwrite an
+input or another output of the run), 3 verification found a mismatch, 4 internal error
+(please report it with the model, if you can share it), 130 interrupted (143 on SIGTERM).
 """
 
 
@@ -80,6 +83,8 @@ def _shapes(items):
             shapes[name] = [int(d) for d in dims.split(",")]
         except ValueError:
             raise InputError(f"--input-shape {item!r}: expected NAME:D1,D2,... with whole numbers") from None
+        if any(d < 0 for d in shapes[name]):
+            raise InputError(f"--input-shape {item!r}: a size cannot be negative")
     return shapes
 
 
@@ -103,8 +108,39 @@ def _jobs(inputs, output, parser):
         raise InputError(f"{out}: several inputs need an output folder, and this is a file")
     if not out.parent.is_dir():
         raise InputError(f"{out}: its parent folder does not exist")
-    out.mkdir(exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{out}: cannot create the output folder ({error.strerror})") from None
+    io.check_writable(out)
     return sources, [out / source.name for source in sources], True
+
+
+def _guard(sources, destinations, many, args) -> io.WriteGuard:
+    """Every file the run will read and write, claimed before anything is written: an output over
+    an input of the run, two outputs in one place, or a report over either is refused up front."""
+    guard = io.WriteGuard()
+    replaceable = {}
+    for source in sources:
+        guard.add_input(source, f"the input model {source}", str(source))
+        replaceable[source] = [source]
+        if many:  # their external data files, which the other models' outputs must not replace
+            try:
+                model = io.load_path(source, lazy=True)
+            except InputError:
+                continue  # its own job says what is wrong with it
+            guard.add_model(source, model)
+            replaceable[source] = io.model_files(source, model)
+    for source, destination in zip(sources, destinations):
+        guard.claim(destination, f"the output of {source}", str(source), replaceable[source] if args.inplace else ())
+    if args.report:
+        report = Path(args.report)
+        if not (report.parent if str(report.parent) else Path(".")).is_dir():
+            raise InputError(f"--report {report}: the folder {report.parent} does not exist")
+        if report.is_dir():
+            raise InputError(f"--report {report}: is a directory; give a file name")
+        guard.claim(report, "the report", "report")
+    return guard
 
 
 def _print_refusals(report):
@@ -112,7 +148,34 @@ def _print_refusals(report):
         print(f"  refused {r.pass_name} at {r.node} ({r.where}): {r.reason}")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that staged files are removed on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nonnx-fuse: interrupted; no partial output was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("onnx-fuse: terminated; no partial output was left", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv=None) -> int:
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="onnx-fuse: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -133,13 +196,14 @@ def main(argv=None) -> int:
         from .api import select_passes
 
         select_passes(options["passes"], options["skip"])
+        guard = _guard(sources, destinations, many, args)
     except (InputError, ValueError) as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     worst = EXIT_OK
     reports = {}
     for source, destination in zip(sources, destinations):
-        code, report = _one(source, destination, dict(options), args)
+        code, report = _one(source, destination, dict(options, guard=guard), args)
         worst = max(worst, code)
         if report is not None:
             reports[str(source)] = report.to_dict()
@@ -148,7 +212,11 @@ def main(argv=None) -> int:
         print(f"onnx-fuse: {len(sources) - failed} of {len(sources)} models written to {args.output}")
     if args.report:
         data = next(iter(reports.values())) if not many and reports else reports
-        Path(args.report).write_text(json.dumps(data, indent=2) + "\n")
+        try:
+            io.write_bytes(args.report, (json.dumps(data, indent=2) + "\n").encode())
+        except InputError as error:
+            print(f"onnx-fuse: error: --report: {error}", file=sys.stderr)
+            return max(worst, EXIT_USAGE)
     return worst
 
 

@@ -4,9 +4,12 @@ them atomically, so an interrupted or failed run never leaves a partial output f
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +22,7 @@ from onnx import helper, numpy_helper
 from . import wire
 
 PROTOBUF_LIMIT = 2**31 - 1
+PROTOBUF_HEADROOM = 64 << 20  # what the graph's other fields may take beyond the tensors and nodes counted
 # Tensors this large stay out of the protobuf: a lazy load leaves them in the model's file, and
 # new ones go to ExternalData.store
 LARGE_TENSOR_BYTES = 64 << 10
@@ -72,7 +76,8 @@ def load_path(path: Path, lazy: bool = False) -> onnx.ModelProto:
         except DecodeError as error:
             raise InputError(f"{path}: not an ONNX model, the file does not parse ({error})") from None
     _check_model(model, str(path))
-    folder = path.resolve().parent
+    # external data lies beside the path as given, a symlink's own folder (as onnx and onnxruntime read it)
+    folder = path.absolute().parent
     for tensor in external_tensors(model):
         external_file(tensor, folder, str(path))
         if not lazy:
@@ -217,7 +222,7 @@ def needs_external_data(model: onnx.ModelProto, external: "ExternalData | None" 
         elif is_external(tensor):
             return True
         size += tensor.ByteSize()
-    return size + sum(node.ByteSize() for node in model.graph.node) > PROTOBUF_LIMIT - (64 << 20)
+    return size + sum(node.ByteSize() for node in model.graph.node) > PROTOBUF_LIMIT - PROTOBUF_HEADROOM
 
 
 def tensor_values(tensor) -> np.ndarray:
@@ -305,13 +310,18 @@ class ExternalData:
 HELD = "<held in memory by onnx-fuse>"  # never written: write_model puts the values in their place
 
 
+VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                "uint64_data")
+
+
 def point_to(tensor, location: str, offset: int, length: int):
+    for field in VALUE_FIELDS:  # the file holds the one value now
+        tensor.ClearField(field)
     del tensor.external_data[:]
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    tensor.ClearField("raw_data")
 
 
 def check_input(model: onnx.ModelProto, what: str):
@@ -323,6 +333,122 @@ def check_input(model: onnx.ModelProto, what: str):
             raise InputError(f"{what}: uses opset {entry.version}, newer than the installed onnx "
                              f"{onnx.__version__} knows ({known}); upgrade onnx")
     _check_graph(model.graph, set(), what)
+    for tensor in all_tensors(model):
+        _check_tensor(tensor, what)
+    _check_weights(model.graph, what)
+    _run_checker(model, what)
+
+
+# Elements per entry of each typed value field (complex numbers take two), for the tensor types
+# whose data length follows from their dims; raw_data holds ITEM_BYTES bytes per element.
+_T = onnx.TensorProto
+TYPED_FIELD = {
+    _T.FLOAT: "float_data", _T.COMPLEX64: "float_data", _T.DOUBLE: "double_data", _T.COMPLEX128: "double_data",
+    _T.INT64: "int64_data", _T.UINT32: "uint64_data", _T.UINT64: "uint64_data", _T.STRING: "string_data",
+    **{t: "int32_data" for t in (_T.INT32, _T.INT16, _T.INT8, _T.UINT16, _T.UINT8, _T.BOOL, _T.FLOAT16,
+                                 _T.BFLOAT16)},
+}
+PER_ELEMENT = {_T.COMPLEX64: 2, _T.COMPLEX128: 2}
+ITEM_BYTES = {t: helper.tensor_dtype_to_np_dtype(t).itemsize for t in TYPED_FIELD if t != _T.STRING}
+
+
+def _check_tensor(tensor, what: str):
+    """What onnx.checker does not look at (external data), or cannot see (the large tensors it is
+    not shown): dims, data lengths, external data references."""
+    where = f"{what}: tensor '{tensor.name}'"
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{where} has a negative dimension (dims {list(tensor.dims)})")
+    elements = 1
+    for d in tensor.dims:
+        elements *= d
+    expected = ITEM_BYTES[tensor.data_type] * elements if tensor.data_type in ITEM_BYTES else None
+    if is_external(tensor):
+        info = _external_info(tensor)
+        location = info.get("location", "")
+        if not location or "\0" in location:
+            raise InputError(f"{where}: its external data location {location!r} is not a file name")
+        for key in ("offset", "length"):
+            if key in info and not info[key].isdigit():
+                raise InputError(f"{where}: external data {key} {info[key]!r} is not a whole number")
+        if expected is not None and "length" in info and int(info["length"]) != expected:
+            raise InputError(f"{where}: external data length {info['length']} does not match its dims "
+                             f"{list(tensor.dims)} ({expected} bytes)")
+        return
+    fields = [f for f in VALUE_FIELDS if (tensor.HasField(f) if f == "raw_data" else len(getattr(tensor, f)))]
+    if len(fields) > 1:
+        raise InputError(f"{where} has two values ({' and '.join(fields)})")
+    if tensor.data_type not in TYPED_FIELD:
+        return
+    if not fields:
+        if elements:
+            raise InputError(f"{where} has dims {list(tensor.dims)} but no data")
+        return
+    if fields[0] == "raw_data":
+        if tensor.data_type != _T.STRING and len(tensor.raw_data) != expected:
+            raise InputError(f"{where}: raw data of {len(tensor.raw_data)} bytes, its dims {list(tensor.dims)} "
+                             f"need {expected}")
+    elif fields[0] != TYPED_FIELD[tensor.data_type] or len(getattr(tensor, fields[0])) != elements * PER_ELEMENT.get(
+            tensor.data_type, 1):
+        raise InputError(f"{where}: {len(getattr(tensor, fields[0]))} values in {fields[0]}, its type and dims "
+                         f"{list(tensor.dims)} need {elements * PER_ELEMENT.get(tensor.data_type, 1)} in "
+                         f"{TYPED_FIELD[tensor.data_type]}")
+
+
+def _check_weights(graph, what: str):
+    """A Conv or ConvTranspose whose constant weight has no elements (onnx.checker's shape
+    inference says so only on a full check)."""
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and node.domain in ("", "ai.onnx") and len(node.input) > 1:
+            shape = dims.get(node.input[1])
+            if shape is not None and 0 in shape:
+                raise InputError(f"{what}: {node.op_type} '{node.name or node.output[0]}' has a weight with no "
+                                 f"elements (dims {shape})")
+
+
+FULL_CHECK_NODES = 20000  # above this, onnx.checker's full check (strict shape inference) is left out
+
+
+def _run_checker(model: onnx.ModelProto, what: str):
+    """onnx.checker on the model as it would be without its large or external tensors (each
+    becomes a graph input of its type and dims, checked by _check_tensor instead): the checker
+    cannot see external data it is not given the folder of, and a copy of the weights would
+    double the memory."""
+    shell = _copy_fields(model, onnx.ModelProto(), leave="graph")
+    graph = _copy_fields(model.graph, shell.graph, leave="initializer")
+    inputs = {vi.name for vi in graph.input}
+    for tensor in model.graph.initializer:
+        if is_external(tensor) or tensor.ByteSize() >= LARGE_TENSOR_BYTES:
+            if tensor.name not in inputs:
+                graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            graph.initializer.append(tensor)
+    full = len(model.graph.node) <= FULL_CHECK_NODES
+    for vi in list(graph.input) + list(graph.output):
+        # onnx.checker wants the shapes of the main graph's inputs and outputs, which onnxruntime
+        # and onnx-fuse do without: an unknown one is not an error
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            full = False  # a made-up rank would not infer
+            vi.type.tensor_type.shape.SetInParent()
+    try:
+        onnx.checker.check_model(shell, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        text = " ".join(str(error).split())
+        raise InputError(f"{what}: not a valid model: {text[:300]}") from None
+
+
+def _copy_fields(message, copy, leave: str):
+    """`copy` given every field of `message` but the one named `leave`."""
+    for field, value in message.ListFields():
+        if field.name == leave:
+            continue
+        if field.is_repeated:
+            getattr(copy, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(copy, field.name).CopyFrom(value)
+        else:
+            setattr(copy, field.name, value)
+    return copy
 
 
 def _check_graph(graph, outer: set, what: str):
@@ -347,40 +473,86 @@ def _check_graph(graph, outer: set, what: str):
             raise InputError(f"{what}: graph output '{vi.name}' is not computed by the graph")
 
 
-def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None, external: "ExternalData | None",
-                     replace_input: bool = False) -> str | None:
+def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None,
+                     external: "ExternalData | None") -> str | None:
     """The data file to write beside `path`, or None when the model fits in one file."""
     if data_name is None and not needs_external_data(model, external):
         return None
     data_name = data_name or f"{path.name}.data"
-    if Path(data_name).name != data_name or data_name == path.name:
+    if "\0" in data_name or Path(data_name).name != data_name or data_name in (".", "..") or data_name == path.name:
         raise InputError(f"--external-data {data_name!r}: give a plain file name other than the model's")
-    inputs = {external_file(t, external.source_folder).resolve() for t in external_tensors(model)
-              if t.name not in external.scratch_names and t.name not in external.held} if external else set()
-    if not replace_input and (path.parent / data_name).resolve() in inputs:
-        raise InputError(f"{path.parent / data_name} holds the input's external data and would be "
-                         f"replaced; choose another name with --external-data NAME")
     return data_name
 
 
 def save(model: onnx.ModelProto, path, *, external: "ExternalData | None" = None, data_name: str | None = None,
-         threshold: int = 1024, replace_input: bool = False) -> None:
+         threshold: int = 1024, guard: "WriteGuard | None" = None) -> None:
     """Write `model` to `path` atomically: into a temporary folder beside it, then renamed.
 
     The model goes to one file when it can; with external data (the input had some, the model
     exceeds protobuf's 2 GB, or `data_name` is given) every tensor of at least `threshold` bytes
     goes to `data_name` (default: the output's name + ".data") beside it. Tensors still in the
-    input's files are copied from there in chunks; the input's files are never written.
+    input's files are copied from there in chunks. Every file written is claimed in `guard`
+    first: the input's files are never written.
     """
     path = Path(path)
-    data_name = output_data_name(model, path, data_name, external, replace_input)
+    guard = guard or WriteGuard()
+    if external is not None:
+        source = external.source_folder / external.model_file
+        guard.add_model(source, model)
+    guard.claim(path, "the output", "save")
+    data_name = output_data_name(model, path, data_name, external)
+    if data_name is not None:
+        guard.claim(path.parent / data_name, "the output's external data", "save")
     with staged(path) as stage:
         write_model(model, stage / path.name, external=external, data_name=data_name, threshold=threshold)
 
 
+# Every file onnx-fuse stages is in a folder named so: the next run into that folder recognises
+# the leftovers of a killed run (its process is gone) and removes them.
+STAGE_PREFIX = ".onnx-fuse-tmp-"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"(\d+)-([0-9a-f]{8})-")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def remove_stale_stages(folder: Path):
+    """Remove what runs of onnx-fuse on this machine that were killed (SIGKILL, power loss) left
+    staged in `folder`."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        found = _STAGE_NAME.match(entry.name)
+        if found is None or found.group(2) != _HOST:
+            continue
+        pid = int(found.group(1))
+        if pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def check_writable(folder: Path):
+    """Refuse, before anything is written, a folder where files cannot be created."""
+    try:
+        probe = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_HOST}-probe.", dir=folder)
+    except OSError as error:
+        raise InputError(f"{folder}: cannot write in this folder ({error.strerror})") from None
+    os.rmdir(probe)
+
+
 class staged:
     """A temporary folder beside `path`; on success its files are renamed into place (data files
-    first, the model last), on failure the folder is removed. Nothing partial is ever visible."""
+    first, the model last), on failure or interruption the folder is removed. Nothing partial is
+    ever visible."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -391,8 +563,10 @@ class staged:
             raise InputError(f"{self.path}: the output folder {self.folder} does not exist")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory; give a file name for the output")
+        remove_stale_stages(self.folder)
         try:
-            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.folder))
+            self.stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_HOST}-{self.path.name}.",
+                                               dir=self.folder))
         except OSError as error:
             raise InputError(f"{self.path}: cannot write in {self.folder} ({error.strerror})") from None
         return self.stage
@@ -410,6 +584,77 @@ class staged:
         if isinstance(error, OSError):
             raise InputError(f"{self.path}: cannot write ({error.strerror})") from None
         return False
+
+
+def write_bytes(path, data: bytes):
+    """Write a small file (a report) atomically, through the same staging as models."""
+    path = Path(path)
+    with staged(path) as stage:
+        (stage / path.name).write_bytes(data)
+
+
+def model_files(path: Path, model: onnx.ModelProto) -> list[Path]:
+    """The files a model loaded from `path` is read from: the model file and its external data."""
+    folder = path.absolute().parent
+    files = [path]
+    for tensor in external_tensors(model):
+        location = _external_info(tensor).get("location", "")
+        if location:
+            files.append(folder / location)
+    return files
+
+
+def _file_keys(path: Path) -> set:
+    """What identifies a file: its resolved path (through symlinks) and, when it exists, its inode
+    (so that a hard link is the same file too)."""
+    path = Path(path)
+    keys = {str(path.absolute().resolve())}
+    try:
+        status = os.stat(path)
+        keys.add((status.st_dev, status.st_ino))
+    except OSError:
+        pass
+    return keys
+
+
+class WriteGuard:
+    """The files one run reads and writes. Every write is claimed here first: a write over a file
+    the run reads (a model, its external data, resolved through symlinks and hard links) or over
+    another output of the run is refused before anything is written."""
+
+    def __init__(self):
+        self.inputs: dict = {}  # file key -> (what it is, the model it belongs to)
+        self.outputs: dict = {}  # file key -> (what it is, who writes it)
+
+    def add_input(self, path: Path, what: str, owner: str):
+        """Register a file the run reads (for `owner`, whose own --inplace output may replace it)."""
+        for key in _file_keys(path):
+            if key in self.outputs and self.outputs[key][1] != owner:
+                raise InputError(f"{path}: {what} is also where {self.outputs[key][0]} would be written; "
+                                 f"choose another output name")
+            self.inputs.setdefault(key, (what, owner))
+
+    def add_model(self, path: Path, model: onnx.ModelProto):
+        for index, file in enumerate(model_files(path, model)):
+            self.add_input(file, f"the input model {path}" if index == 0 else f"external data of {path}", str(path))
+
+    def claim(self, path: Path, what: str, owner: str, replaceable=()):
+        """Register `path` as written by `owner` (one model of the run, or the report); refused
+        when the run reads it (unless listed in `replaceable`: --inplace) or another output
+        is written there."""
+        allowed = set().union(*(_file_keys(p) for p in replaceable)) if replaceable else set()
+        keys = _file_keys(path)
+        for key in keys:
+            if key in self.inputs and key not in allowed:
+                read_as, reader = self.inputs[key]
+                hint = ("pass --inplace (inplace=True) to replace it" if reader == owner
+                        else "choose another output name")
+                raise InputError(f"{path}: {what} would overwrite {read_as}; {hint}")
+            if key in self.outputs and self.outputs[key][1] != owner:
+                raise InputError(f"{path}: {what} and {self.outputs[key][0]} would both be written here; "
+                                 f"give them different names or folders")
+        for key in keys:
+            self.outputs[key] = (what, owner)
 
 
 def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData | None" = None,

@@ -1,6 +1,8 @@
 """inline_if: an If whose condition is a constant is replaced by the nodes of the branch it
 always takes (paddle2onnx writes `if self.alpha:` this way), so that later passes see them.
-Refuses a condition that is not a constant or not a single value.
+The branch's own names that the enclosing graph or any other subgraph in it also uses (names in
+sibling subgraphs may repeat) are renamed. Refuses a condition that is not a constant or not a
+single value.
 """
 
 from __future__ import annotations
@@ -17,6 +19,40 @@ from onnx_fuse.rule import Pass
 @dataclass(frozen=True)
 class ConstantIf:
     index: int
+
+
+def all_names(graph, into: set):
+    """Every name a subgraph defines or reads, at any depth."""
+    into.update(t.name for t in graph.initializer)
+    into.update(t.values.name for t in graph.sparse_initializer)
+    for field in (graph.input, graph.output, graph.value_info):
+        into.update(vi.name for vi in field)
+    for node in graph.node:
+        into.update(node.input)
+        into.update(node.output)
+        for sub in subgraphs_of(node):
+            all_names(sub, into)
+    return into
+
+
+def names_beside(view: GraphView, branch) -> set:
+    """The names of the enclosing graph, and of every subgraph in it but `branch`: once the
+    branch's nodes stand in the enclosing graph, none of its names may be one of these."""
+    names = set(view.inputs) | set(view.outputs)
+    container = view.container
+    if not view.is_function:
+        names.update(t.name for t in container.initializer)
+        names.update(vi.name for vi in container.value_info)
+    for index in range(view.size):
+        if index in view.removed:
+            continue
+        node = view.node(index)
+        names.update(node.input)
+        names.update(node.output)
+        for sub in subgraphs_of(node):
+            if sub is not branch:
+                all_names(sub, names)
+    return names
 
 
 def rename_reads(nodes, renames: dict):
@@ -50,16 +86,16 @@ class InlineConstantIf(Pass):
         branch = attributes(node)["then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"]
         if len(branch.output) != len(node.output):
             return Refusal("the If branch has a different number of outputs")
-        defined = [t.name for t in branch.initializer] + [out for n in branch.node for out in n.output if out]
-        clash = next((name for name in defined if view.producer_of(name) is not None
-                      or view.is_initializer(name) or name in view.inputs), None)
-        if clash is not None:
-            return Refusal(f"the If branch defines '{clash}', a name the enclosing graph has too")
+        if len(branch.sparse_initializer):
+            return Refusal("the If branch has sparse initializers")
         return branch
 
     def rewrite(self, view: GraphView, match: ConstantIf, branch):
         node = view.node(match.index)
         produced = {out for n in branch.node for out in n.output}
+        taken = names_beside(view, branch)
+        local = [t.name for t in branch.initializer] + [out for n in branch.node for out in n.output if out]
+        clashes = {name: view.names.fresh(name) for name in local if name in taken}
         renames, identities = {}, []
         for inner, outer in zip(branch.output, node.output):
             if not outer:
@@ -67,8 +103,10 @@ class InlineConstantIf(Pass):
             if inner.name in produced and inner.name not in renames:
                 renames[inner.name] = outer
             else:
-                identities.append(helper.make_node("Identity", [renames.get(inner.name, inner.name)], [outer],
-                                                   name=view.names.fresh(f"{outer}_inlined")))
+                identities.append(helper.make_node("Identity", [renames.get(inner.name, clashes.get(inner.name,
+                                                                                                  inner.name))],
+                                                   [outer], name=view.names.fresh(f"{outer}_inlined")))
+        renames = {**clashes, **renames}
         nodes = []
         for original in branch.node:
             copy = helper.make_node(original.op_type, [], [])
@@ -79,6 +117,11 @@ class InlineConstantIf(Pass):
             nodes.append(copy)
         rename_reads(nodes, renames)
         for tensor in branch.initializer:
+            if tensor.name in renames:
+                renamed = type(tensor)()
+                renamed.CopyFrom(tensor)
+                renamed.name = renames[tensor.name]
+                tensor = renamed
             view.add_tensor(tensor)
         if nodes + identities:
             view.replace_with_nodes(match.index, nodes + identities)
