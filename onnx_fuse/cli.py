@@ -132,7 +132,11 @@ def _guard(sources, destinations, many, args) -> io.WriteGuard:
             guard.add_model(source, model)
             replaceable[source] = io.model_files(source, model)
     for source, destination in zip(sources, destinations):
-        guard.claim(destination, f"the output of {source}", str(source), replaceable[source] if args.inplace else ())
+        mine = replaceable[source] if args.inplace else ()
+        guard.claim(destination, f"the output of {source}", str(source), mine)
+        # where its data file would go (another output or input must not be there, even if unused)
+        data_name = args.external_data or f"{destination.name}.data"
+        guard.claim(destination.parent / data_name, f"the external data of the output of {source}", str(source), mine)
     if args.report:
         report = Path(args.report)
         if not (report.parent if str(report.parent) else Path(".")).is_dir():
@@ -210,9 +214,10 @@ def _main(argv=None) -> int:
     if many and not args.quiet:
         failed = sum(1 for s in sources if str(s) not in reports)
         print(f"onnx-fuse: {len(sources) - failed} of {len(sources)} models written to {args.output}")
-    if args.report:
+    if args.report and reports:  # nothing to report when no model was written
         data = next(iter(reports.values())) if not many and reports else reports
         try:
+            guard.claim(Path(args.report), "the report", "report")  # again: the run has read more files since
             io.write_bytes(args.report, (json.dumps(data, indent=2) + "\n").encode())
         except InputError as error:
             print(f"onnx-fuse: error: --report: {error}", file=sys.stderr)

@@ -628,11 +628,13 @@ class WriteGuard:
 
     def add_input(self, path: Path, what: str, owner: str):
         """Register a file the run reads (for `owner`, whose own --inplace output may replace it)."""
-        for key in _file_keys(path):
+        keys = _file_keys(path)
+        for key in keys:
+            self.inputs.setdefault(key, (what, owner))
+        for key in keys:
             if key in self.outputs and self.outputs[key][1] != owner:
                 raise InputError(f"{path}: {what} is also where {self.outputs[key][0]} would be written; "
                                  f"choose another output name")
-            self.inputs.setdefault(key, (what, owner))
 
     def add_model(self, path: Path, model: onnx.ModelProto):
         for index, file in enumerate(model_files(path, model)):
