@@ -184,6 +184,8 @@ def external_file(tensor, folder: Path, what: str = "the model") -> Path:
     """The file holding a tensor's data, which must lie inside the model's folder (else refused
     before anything is read)."""
     location = _external_info(tensor).get("location", "")
+    if "\0" in location:
+        raise InputError(f"{what}: tensor '{tensor.name}': its external data location {location!r} is not a file name")
     target = (folder / location).resolve()
     if not location or Path(location).is_absolute() or folder.resolve() not in target.parents:
         raise InputError(f"{what}: tensor '{tensor.name}' points to external data at {location!r}, "
