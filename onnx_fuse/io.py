@@ -335,7 +335,7 @@ def check_input(model: onnx.ModelProto, what: str):
             raise InputError(f"{what}: uses opset {entry.version}, newer than the installed onnx "
                              f"{onnx.__version__} knows ({known}); upgrade onnx")
     _check_graph(model.graph, set(), what)
-    for tensor in all_tensors(model):
+    for tensor in external_tensors(model):
         _check_tensor(tensor, what)
     _check_weights(model.graph, what)
     _run_checker(model, what)
@@ -355,8 +355,8 @@ ITEM_BYTES = {t: helper.tensor_dtype_to_np_dtype(t).itemsize for t in TYPED_FIEL
 
 
 def _check_tensor(tensor, what: str):
-    """What onnx.checker does not look at (external data), or cannot see (the large tensors it is
-    not shown): dims, data lengths, external data references."""
+    """What onnx.checker does not look at (external data), or is not shown (large initializers,
+    see _run_checker): dims, data lengths, external data references."""
     where = f"{what}: tensor '{tensor.name}'"
     if any(d < 0 for d in tensor.dims):
         raise InputError(f"{where} has a negative dimension (dims {list(tensor.dims)})")
@@ -421,6 +421,8 @@ def _run_checker(model: onnx.ModelProto, what: str):
     inputs = {vi.name for vi in graph.input}
     for tensor in model.graph.initializer:
         if is_external(tensor) or tensor.ByteSize() >= LARGE_TENSOR_BYTES:
+            if not is_external(tensor):
+                _check_tensor(tensor, what)
             if tensor.name not in inputs:
                 graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         else:
