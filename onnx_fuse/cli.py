@@ -13,7 +13,7 @@ from . import __version__, io
 from .api import list_passes, optimize_file
 from .io import InputError
 from .progress import Progress
-from .verify import VerificationError
+from .verify import CannotVerify, VerificationError
 
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 2, 3, 4
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM exits with 128 + 15 = 143
@@ -236,6 +236,9 @@ def _one(source: Path, destination: Path, options: dict, args):
         finally:  # clear the status line before anything else is printed
             if status is not None:
                 status.done()
+    except CannotVerify as error:
+        print(f"onnx-fuse: error: {source}: {error}", file=sys.stderr)
+        return EXIT_USAGE, None
     except InputError as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE, None

@@ -53,7 +53,7 @@ def subgraphs_of(node):
 
 def free_names(graph) -> set[str]:
     """Names a subgraph reads from its enclosing scopes."""
-    defined = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    defined = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
     defined |= {vi.name for vi in graph.input}
     used: set[str] = set()
     for node in graph.node:
@@ -82,8 +82,9 @@ def name_hashes(model: onnx.ModelProto) -> np.ndarray:
                 visit_graph(sub)
 
     def visit_graph(graph):
-        for field in (graph.initializer, graph.sparse_initializer, graph.input, graph.output, graph.value_info):
+        for field in (graph.initializer, graph.input, graph.output, graph.value_info):
             add(item.name for item in field)
+        add(sparse.values.name for sparse in graph.sparse_initializer)
         visit_nodes(graph.node)
 
     visit_graph(model.graph)

@@ -419,6 +419,11 @@ def _run_checker(model: onnx.ModelProto, what: str):
     shell = _copy_fields(model, onnx.ModelProto(), leave="graph")
     graph = _copy_fields(model.graph, shell.graph, leave="initializer")
     inputs = {vi.name for vi in graph.input}
+    del graph.sparse_initializer[:]  # shape inference would see a sparse type where ops take dense ones
+    for sparse in model.graph.sparse_initializer:
+        if sparse.values.name not in inputs:
+            graph.input.append(helper.make_tensor_value_info(sparse.values.name, sparse.values.data_type,
+                                                             list(sparse.dims)))
     for tensor in model.graph.initializer:
         if is_external(tensor) or tensor.ByteSize() >= LARGE_TENSOR_BYTES:
             if not is_external(tensor):
@@ -435,6 +440,8 @@ def _run_checker(model: onnx.ModelProto, what: str):
             full = False  # a made-up rank would not infer
             vi.type.tensor_type.shape.SetInParent()
     try:
+        for sparse in model.graph.sparse_initializer:
+            onnx.checker.check_sparse_tensor(sparse)
         onnx.checker.check_model(shell, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         text = " ".join(str(error).split())
@@ -456,7 +463,7 @@ def _copy_fields(message, copy, leave: str):
 
 
 def _check_graph(graph, outer: set, what: str):
-    local = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    local = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
     local.update(vi.name for vi in graph.input)
     for node in graph.node:
         for name in node.input:

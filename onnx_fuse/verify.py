@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from .io import InputError
+
 TOLERANCES = {  # dtype name -> (rtol, atol relative to the output's scale)
     "float64": (1e-9, 1e-9),
     "float32": (1e-4, 1e-5),
@@ -17,6 +19,10 @@ TOLERANCES = {  # dtype name -> (rtol, atol relative to the output's scale)
 
 class VerificationError(Exception):
     """The optimized model's outputs differ from the original's."""
+
+
+class CannotVerify(InputError):
+    """onnxruntime cannot run the original model on the inputs verification made up for it."""
 
 
 def session(model: onnx.ModelProto, external_folder=None):
@@ -48,7 +54,7 @@ def random_feeds(sess, seed: int = 0, shapes: dict | None = None) -> dict:
         shape = (shapes or {}).get(arg.name) or [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
         dtype = ORT_TYPES.get(arg.type)
         if dtype is None:
-            raise VerificationError(f"cannot make random data for input '{arg.name}' of type {arg.type}")
+            raise CannotVerify(f"cannot verify: cannot make random data for input '{arg.name}' of type {arg.type}")
         if np.dtype(dtype).kind == "f":
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
@@ -67,11 +73,21 @@ def run(model: onnx.ModelProto, feeds: dict, external_folder=None) -> list:
 def compare(original: onnx.ModelProto, optimized: onnx.ModelProto, *, seed: int = 0,
             shapes: dict | None = None, external_folder=None) -> dict:
     """Run both on the same random inputs; raise VerificationError on a mismatch."""
-    reference = session(original, external_folder)
-    feeds = random_feeds(reference, seed, shapes)
-    names = {arg.name for arg in reference.get_inputs()}
-    expected = reference.run(None, {k: v for k, v in feeds.items() if k in names})
-    actual = run(optimized, feeds, external_folder)
+    try:
+        reference = session(original, external_folder)
+        feeds = random_feeds(reference, seed, shapes)
+        names = {arg.name for arg in reference.get_inputs()}
+        expected = reference.run(None, {k: v for k, v in feeds.items() if k in names})
+    except CannotVerify:
+        raise
+    except Exception as error:  # onnxruntime's own errors have no common base class
+        raise CannotVerify(f"cannot verify: onnxruntime fails on the original model with random inputs "
+                           f"({_first_line(error)}); the inputs it needs cannot be made up, so run without "
+                           f"--verify") from None
+    try:
+        actual = run(optimized, feeds, external_folder)
+    except Exception as error:
+        raise VerificationError(f"onnxruntime fails on the optimized model ({_first_line(error)})") from None
     worst_abs = worst_rel = 0.0
     for index, (e, a) in enumerate(zip(expected, actual)):
         e, a = np.asarray(e), np.asarray(a)
@@ -91,3 +107,8 @@ def compare(original: onnx.ModelProto, optimized: onnx.ModelProto, *, seed: int 
         if nan_mismatch or np.any(diff > atol * max(scale, 1.0) + rtol * np.abs(e)):
             raise VerificationError(f"output {index} differs: max abs error {max_abs:.3g} (scale {scale:.3g})")
     return {"max_abs_error": worst_abs, "max_rel_error": worst_rel, "outputs": len(expected)}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
