@@ -169,7 +169,7 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     selected = select_passes(passes, skip)
     progress("reading")
     source = io.load_path(src, lazy=True)
-    io.check_input(source, str(src))
+    io.check_input(source, str(src), src.absolute().parent)
     guard = guard if guard is not None else io.WriteGuard()
     guard.add_model(src, source)
     owner, replaceable = str(src), io.model_files(src, source) if inplace else ()

@@ -326,9 +326,11 @@ def point_to(tensor, location: str, offset: int, length: int):
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def check_input(model: onnx.ModelProto, what: str):
-    """Refuse what cannot be optimized safely: an opset this onnx does not know, and graphs that
-    read names nothing defines or define a name twice (what onnx.checker calls invalid)."""
+def check_input(model: onnx.ModelProto, what: str, folder: Path | None = None):
+    """Refuse what onnx.checker calls invalid (an opset this onnx does not know, names read but
+    never defined or defined twice, wrong attribute types, ...) and what it does not look at
+    (external data references, data lengths that disagree with the dims). `folder` holds the
+    model's external data."""
     known = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx") and entry.version > known:
@@ -338,7 +340,7 @@ def check_input(model: onnx.ModelProto, what: str):
     for tensor in external_tensors(model):
         _check_tensor(tensor, what)
     _check_weights(model.graph, what)
-    _run_checker(model, what)
+    _run_checker(model, what, folder)
 
 
 # Elements per entry of each typed value field (complex numbers take two), for the tensor types
@@ -411,7 +413,7 @@ def _check_weights(graph, what: str):
 FULL_CHECK_NODES = 20000  # above this, onnx.checker's full check (strict shape inference) is left out
 
 
-def _run_checker(model: onnx.ModelProto, what: str):
+def _run_checker(model: onnx.ModelProto, what: str, folder: Path | None = None):
     """onnx.checker on the model as it would be without its large or external tensors (each
     becomes a graph input of its type and dims, checked by _check_tensor instead): the checker
     cannot see external data it is not given the folder of, and a copy of the weights would
@@ -433,6 +435,16 @@ def _run_checker(model: onnx.ModelProto, what: str):
         else:
             graph.initializer.append(tensor)
     full = len(model.graph.node) <= FULL_CHECK_NODES
+    for tensor in all_tensors(shell):  # external data in subgraphs or Constant nodes: usually small
+        if is_external(tensor):
+            length = int(_external_info(tensor).get("length", 0))
+            if folder is not None and length < LARGE_TENSOR_BYTES:
+                data = read_external_bytes(tensor, folder)  # shape inference may need the values
+            else:
+                data, full = bytes(length), False  # no values to infer shapes from
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = data
     for vi in list(graph.input) + list(graph.output):
         # onnx.checker wants the shapes of the main graph's inputs and outputs, which onnxruntime
         # and onnx-fuse do without: an unknown one is not an error
@@ -694,6 +706,9 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
             if tensor.name in kept and is_external(tensor):
                 point_to(tensor, data_name, *_external_span(tensor, data_path))
                 continue
+            if is_external(tensor) and int(_external_info(tensor).get("length", threshold)) < threshold:
+                _inline(tensor, external)  # small tensors (shapes, axes) go in the model, where runtimes want them
+                continue
             if is_external(tensor):
                 length = _write_data(data, tensor, external)
             elif tensor.HasField("raw_data") and tensor.ByteSize() >= threshold:
@@ -707,13 +722,29 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
         handle.write(model.SerializeToString())
 
 
+def _inline(tensor, external: ExternalData):
+    """Put a small tensor's data, held or in a file, into the tensor itself."""
+    if tensor.name in external.held:
+        values = external.held[tensor.name]
+        data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
+    else:
+        target = external.file_of(tensor)
+        start, length = _external_span(tensor, target)
+        with open(target, "rb") as source:
+            source.seek(start)
+            data = source.read(length)
+    del tensor.external_data[:]
+    tensor.ClearField("data_location")
+    tensor.raw_data = data
+
+
 def _write_data(out, tensor, external: ExternalData) -> int:
     """Write the data of a tensor that is not in memory (held, or in a file) to the unbuffered
     file `out`; returns its length."""
     if tensor.name in external.held:
         values = external.held[tensor.name]
         values = values.byteswap() if sys.byteorder == "big" else values
-        _write_all(out, memoryview(values).cast("B"))
+        _write_all(out, memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8)))  # any dtype
         return values.nbytes
     target = external.file_of(tensor)
     start, length = _external_span(tensor, target)
