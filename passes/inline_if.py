@@ -30,14 +30,15 @@ def all_names(graph, into: set):
     for node in graph.node:
         into.update(node.input)
         into.update(node.output)
+        into.add(node.name)
         for sub in subgraphs_of(node):
             all_names(sub, into)
     return into
 
 
 def names_beside(view: GraphView, branch) -> set:
-    """The names of the enclosing graph, and of every subgraph in it but `branch`: once the
-    branch's nodes stand in the enclosing graph, none of its names may be one of these."""
+    """The tensor and node names of the enclosing graph, and of every subgraph in it but `branch`:
+    once the branch's nodes stand in the enclosing graph, none of its names may be one of these."""
     names = set(view.inputs) | set(view.outputs)
     container = view.container
     if not view.is_function:
@@ -49,6 +50,7 @@ def names_beside(view: GraphView, branch) -> set:
         node = view.node(index)
         names.update(node.input)
         names.update(node.output)
+        names.add(node.name)  # onnxruntime wants node names unique in a graph
         for sub in subgraphs_of(node):
             if sub is not branch:
                 all_names(sub, names)
@@ -114,6 +116,8 @@ class InlineConstantIf(Pass):
             for slot, name in enumerate(copy.output):
                 if name in renames:
                     copy.output[slot] = renames[name]
+            if copy.name and copy.name in taken:
+                copy.name = view.names.fresh(copy.name)
             nodes.append(copy)
         rename_reads(nodes, renames)
         for tensor in branch.initializer:

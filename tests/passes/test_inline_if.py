@@ -55,6 +55,9 @@ def two_ifs_reusing_names(second_constant: bool):
     names): once the first is inlined its names stand in the main graph, beside the second's."""
     model = if_model()
     first = model.graph.node[-2]
+    for attr in first.attribute:  # node names too: onnxruntime wants them unique within a graph
+        for index, inner in enumerate(attr.g.node):
+            inner.name = f"{attr.name}_node{index}"
     second = onnx.NodeProto()
     second.CopyFrom(first)
     second.output[0] = "second_if"
@@ -80,6 +83,8 @@ def test_inlined_names_that_a_sibling_subgraph_uses_are_renamed(second_constant)
     assert_same_function(model, result, feeds=feeds and {**random_inputs(model), **feeds})
     names = [out for node in result.graph.node for out in node.output]
     assert len(names) == len(set(names))
+    node_names = [node.name for node in result.graph.node if node.name]
+    assert len(node_names) == len(set(node_names))
 
 
 def test_inlined_names_that_do_not_clash_keep_their_names():
