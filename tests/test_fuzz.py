@@ -38,7 +38,7 @@ ELEM_TYPES = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16, ml
 # the unit tests' graphs, so rounding differences between folded and unfolded maths add up.
 TOLERANCE = {np.float32: (1e-4, 1e-5), np.float16: (2e-2, 1e-2), ml_dtypes.bfloat16: (1e-1, 5e-2)}
 
-CI_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None, print_blob=False,
+CI_SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None, print_blob=False,
                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # How a float constant is written: the engine must see through all of these, and must not treat an
