@@ -193,6 +193,9 @@ class GraphView:
             self.outputs = {vi.name for vi in container.output}
         # IR < 4 lists every initializer of the main graph among its inputs.
         self.initializers_are_inputs = not self.is_function and parent is None and ir_version < 4
+        # where new constants are Constant nodes: a function, and a subgraph before IR 4 (whose
+        # initializers would have to be among its inputs, which an If or Loop fixes)
+        self.constants_as_nodes = self.is_function or (parent is not None and ir_version < 4)
         self.removed: set[int] = set()
         self.maybe_unused: list[str] = []  # names that lost a reader (may repeat)
         self.unused_candidates: list[str] = []  # initializers to check at commit (may repeat)
@@ -431,7 +434,7 @@ class GraphView:
         """A new constant tensor with a fresh name: an initializer, or a Constant node in a function."""
         name = self.names.fresh(hint)
         values = np.asarray(values)
-        if self.is_function:
+        if self.constants_as_nodes:
             tensor = numpy_helper.from_array(values, name)
             self.new_constant_nodes.append(helper.make_node("Constant", [], [name], value=tensor,
                                                             name=self.names.fresh(name + "_const")))
@@ -528,7 +531,7 @@ class GraphView:
 
     def add_tensor(self, tensor):
         """Add an existing TensorProto (its name already unique in the model) as a constant."""
-        if self.is_function:
+        if self.constants_as_nodes:
             self.new_constant_nodes.append(helper.make_node("Constant", [], [tensor.name], value=tensor,
                                                             name=self.names.fresh(tensor.name + "_const")))
         else:

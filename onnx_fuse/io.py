@@ -755,7 +755,8 @@ def _write_data(out, tensor, external: ExternalData) -> int:
 
 def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
     """Write the model in one file without first serializing its weights into memory: the
-    initializers go, each with its data, at the end of the graph's bytes."""
+    initializers go, each with its data, where protobuf puts them (before the graph's fields
+    numbered higher), so that the bytes are those of SerializeToString."""
     entries = []  # (serialized tensor, or one without its data; the tensor when its data follows)
     for tensor in model.graph.initializer:
         if not is_external(tensor):
@@ -769,6 +770,8 @@ def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
     del model.graph.initializer[:]
     whole = model.SerializeToString()
     graph_field, graph_start, graph_end = wire.only_field(whole, 0, len(whole), wire.MODEL_GRAPH)
+    split = next((field_start for number, _, field_start, _, _ in wire.fields(whole, graph_start, graph_end)
+                  if number > wire.GRAPH_INITIALIZER), graph_end)
     heads = []
     for shell, tensor, length in entries:
         data_head = wire.length_delimited(wire.TENSOR_RAW_DATA, length) if tensor is not None else b""
@@ -778,7 +781,7 @@ def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
     with open(path, "wb", buffering=0) as out:
         pending = bytearray(whole[:graph_field])
         pending += wire.length_delimited(wire.MODEL_GRAPH, graph_length)
-        pending += whole[graph_start:graph_end]
+        pending += whole[graph_start:split]
         for head, (_, tensor, length) in zip(heads, entries):
             pending += head
             if tensor is not None:
@@ -786,7 +789,7 @@ def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
                 pending.clear()
                 if _write_data(out, tensor, external) != length:
                     raise InputError(f"tensor '{tensor.name}' changed size while being written")
-        pending += whole[graph_end:]
+        pending += whole[split:]
         _write_all(out, pending)
 
 

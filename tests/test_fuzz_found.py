@@ -1,0 +1,78 @@
+"""Plain tests for what the fuzzer (tests/test_fuzz.py, benchmarks/fuzz.py) found."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from support import assert_same_function, op_counts
+
+import onnx_fuse
+
+
+def conv_bn_loop(ir_version: int) -> onnx.ModelProto:
+    """A Loop whose body folds a Conv -> BN; before IR 4 its constants are Constant nodes."""
+    rng = np.random.default_rng(0)
+    c = 4
+    values = [(rng.normal(0, .3, (c, c, 3, 3)), "w"), (rng.uniform(.5, 1.5, c), "s"), (rng.normal(0, .5, c), "b"),
+              (rng.normal(0, .5, c), "m"), (rng.uniform(.5, 2, c), "v")]
+    tensors = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in values]
+    nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Conv", ["xin", "w"], ["cv"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["cv", "s", "b", "m", "v"], ["xout"], name="bn")]
+    if ir_version < 4:
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in tensors] + nodes
+        tensors = []
+    body = helper.make_graph(nodes, "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                                             helper.make_tensor_value_info("xin", TensorProto.FLOAT, [1, c, 5, 5])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("xout", TensorProto.FLOAT, [1, c, 5, 5])], tensors)
+    trips = numpy_helper.from_array(np.array(2, np.int64), "trips")
+    graph = helper.make_graph([helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])], [trips])
+    if ir_version < 4:
+        graph.input.append(helper.make_tensor_value_info("trips", TensorProto.INT64, []))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = ir_version
+    return model
+
+
+def test_a_fold_in_a_subgraph_before_ir_4_makes_constant_nodes():
+    """Before IR 4 every initializer must be a graph input, which a Loop body cannot grow: the
+    folded weights are Constant nodes there."""
+    model = conv_bn_loop(3)
+    result = onnx_fuse.optimize(model)
+    body = result.graph.node[0].attribute[0].g
+    assert len(body.initializer) == 0 and op_counts(onnx.helper.make_model(body)) == {
+        "Constant": 2, "Identity": 1, "Conv": 1}
+    assert_same_function(model, result)  # runs the full checker
+    assert onnx_fuse.optimize(result).SerializeToString() == result.SerializeToString()
+
+
+def test_a_fold_in_a_subgraph_from_ir_4_makes_initializers():
+    model = conv_bn_loop(8)
+    result = onnx_fuse.optimize(model)
+    body = result.graph.node[0].attribute[0].g
+    assert {n.op_type for n in body.node} == {"Identity", "Conv"} and len(body.initializer) == 2
+    assert_same_function(model, result)
+
+
+def test_the_file_path_writes_the_bytes_of_the_memory_path_with_a_new_large_weight(tmp_path):
+    """A weight of 64 KB and more made by a fold (a merge here: the weight is new) is held until
+    the output is written, streamed into the file where protobuf puts initializers."""
+    rng = np.random.default_rng(1)
+    c = 48
+    inits = [numpy_helper.from_array((rng.normal(0, .1, (c, c, 3, 3))).astype(np.float32), "w3"),
+             numpy_helper.from_array((rng.normal(0, .1, (c, c, 1, 1))).astype(np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w1"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "in.onnx"
+    onnx.save(model, str(source))
+    report = onnx_fuse.optimize_file(source, tmp_path / "out.onnx")
+    assert report.passes["merge_branches"].rewrites == 1
+    assert (tmp_path / "out.onnx").read_bytes() == onnx_fuse.optimize(model).SerializeToString()
