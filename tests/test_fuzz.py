@@ -1,16 +1,21 @@
 """Property-based fuzzing of every pass at once: random graphs of Conv, ConvTranspose,
-BatchNormalization, Gemm, MatMul, Add/Sub/Mul/Div, Relu, AveragePool, Transpose, Concat, Flatten
-and Identity, with If branches and local functions, mixing patterns that fold (Conv/Gemm -> BN or
-affine, BN -> unpadded Conv/Gemm, sums of conv branches) with near-misses that must not (padded
-Conv after BN, constants along the wrong axis or that broadcast, shared intermediates, graph
-outputs, overridable initializers, attributes that refer to a function's).
+BatchNormalization, Gemm, MatMul, Add/Sub/Mul/Div, Sum, Relu, AveragePool, Transpose, Concat,
+Flatten and Identity, with If branches, Loop bodies and local functions, mixing patterns that fold
+(Conv/Gemm -> BN or affine, BN -> unpadded Conv/Gemm, sums of conv branches) with near-misses that
+must not (padded Conv after BN, constants along the wrong axis or that broadcast, shared
+intermediates, graph outputs, overridable initializers, attributes that refer to a function's,
+BatchNormalization with its training outputs declared), in float32, float16 and bfloat16, IR 3 to
+10; sibling subgraphs that repeat each other's local names, sparse initializers, weights in
+float_data, Sum/Add of a tensor with itself.
 
 Graphs are valid by construction: the generator tracks the shape of every tensor and only draws
 attributes that fit it. Every example must leave its input untouched, come out valid
 (check_model full_check), run in onnxruntime (ORT_DISABLE_ALL), compute the same outputs (with
-overridable initializers fed other values than their defaults) and be a fixed point (optimizing
-the result again changes no byte). CI runs a bounded, derandomized number of examples;
-`python benchmarks/fuzz.py --examples 5000` runs many more with the same strategy.
+overridable initializers fed other values than their defaults), be a fixed point (optimizing
+the result again changes no byte), and come out of optimize_file with the same bytes (from a
+plain file, with every weight left in it, and from external data, run from its path).
+CI runs a bounded, derandomized number of examples; `python benchmarks/fuzz.py --examples 100000`
+runs many more with the same strategy.
 """
 
 from __future__ import annotations
