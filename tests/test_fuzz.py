@@ -603,6 +603,15 @@ class GraphFuzzer:
             total = self.batchnorm(total)
         return total
 
+    def forward_fold_beside_sum(self, x):
+        """A BN or per-channel affine read by an unpadded Conv (bn_conv folds forward only when
+        it is the sole reader) and by a sum of branches."""
+        shape = (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
+        y = self.batchnorm(x) if self.flag(50) else self.affine(x, finite=True, keep_shape=True, shape=shape)
+        if self.flag(60):
+            self.conv(y, pads_mode=self.choice(["none", "VALID"]))
+        return self.branch_sum(y)
+
     def layout_branch(self, x):
         """tf2onnx's NHWC identity branch: Transpose(affine(s)) + Conv(Transpose(s)), s in NHWC."""
         rank = len(x.shape)
@@ -738,7 +747,8 @@ class GraphFuzzer:
     IMAGE_OPS = (["conv"] * 5 + ["batchnorm"] * 3 + ["affine"] * 4 + ["branch_sum"] * 3 + ["affine_into_linear"] * 2
                  + ["conv_transpose"] * 3 + ["relu", "identity", "average_pool", "transpose", "concat", "binary",
                                             "flatten", "matmul", "layout_branch", "divide_conv", "constant_if",
-                                            "local_function", "loop", "sparse_add", "self_sum", "constant_if"])
+                                            "local_function", "loop", "sparse_add", "self_sum", "constant_if",
+                                            "forward_fold_beside_sum"])
     MATRIX_OPS = (["gemm"] * 3 + ["matmul"] * 2 + ["batchnorm"] * 2 + ["affine"] * 3 + ["affine_into_linear"] * 3
                   + ["relu", "identity", "transpose", "concat", "binary", "constant_if", "local_function", "loop",
                      "sparse_add", "self_sum"])
