@@ -128,7 +128,7 @@ def elementwise_affine(view: GraphView, node, x: str, rank: int, channels: int,
     value = view.constant(other)
     if value is None:
         return Refusal(f"{node.op_type} operand '{other}' is not a constant")
-    if value.dtype.kind != "f":
+    if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
         return Refusal(f"{node.op_type} operand '{other}' is not floating point")
     vector = per_channel_vector(value, rank, channels, axis)
     if vector is None:
