@@ -410,73 +410,130 @@ def _check_weights(graph, what: str):
                                  f"elements (dims {shape})")
 
 
-FULL_CHECK_NODES = 20000  # above this, onnx.checker's full check (strict shape inference) is left out
+# Up to this many nodes onnx.checker runs with its full check (strict shape inference); above it,
+# onnx.checker would hold a second copy of the graph, and the attribute types are checked here
+CHECKER_NODES = 20000
+
+
+def _check_attribute_types(graph, opset: int, what: str):
+    """Attributes of the main graph's default-domain nodes have the types their schemas say."""
+    schemas = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type not in schemas:
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset, "")
+                schemas[node.op_type] = {name: a.type for name, a in schema.attributes.items()}
+            except onnx.defs.SchemaError:
+                schemas[node.op_type] = None
+        types = schemas[node.op_type]
+        if types is None:
+            continue
+        for attr in node.attribute:
+            expected = types.get(attr.name)
+            if expected is not None and not attr.ref_attr_name and attr.type != expected:
+                raise InputError(f"{what}: node '{node.name or node.op_type}': attribute '{attr.name}' is "
+                                 f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, expected "
+                                 f"{onnx.AttributeProto.AttributeType.Name(expected)}")
 
 
 def _run_checker(model: onnx.ModelProto, what: str, folder: Path | None = None):
-    """onnx.checker on the model as it would be without its large or external tensors (each
-    becomes a graph input of its type and dims, checked by _check_tensor instead): the checker
-    cannot see external data it is not given the folder of, and a copy of the weights would
-    double the memory."""
-    shell = _copy_fields(model, onnx.ModelProto(), leave="graph")
-    graph = _copy_fields(model.graph, shell.graph, leave="initializer")
-    inputs = {vi.name for vi in graph.input}
-    del graph.sparse_initializer[:]  # shape inference would see a sparse type where ops take dense ones
-    for sparse in model.graph.sparse_initializer:
-        if sparse.values.name not in inputs:
-            graph.input.append(helper.make_tensor_value_info(sparse.values.name, sparse.values.data_type,
-                                                             list(sparse.dims)))
-    for tensor in model.graph.initializer:
-        if is_external(tensor) or tensor.ByteSize() >= LARGE_TENSOR_BYTES:
-            if not is_external(tensor):
+    """onnx.checker on the model's bytes as they would be without its large, external or sparse
+    main-graph initializers (each becomes a graph input of its type and dims, checked by
+    _check_tensor instead): the checker cannot see external data it is not given the folder of,
+    its shape inference has no sparse types for most ops, and a copy of the weights would double
+    the memory. The bytes are edited on the wire: no second Python copy of a large graph."""
+    hidden = [is_external(t) or t.ByteSize() >= LARGE_TENSOR_BYTES for t in model.graph.initializer]
+    for tensor, hide in zip(model.graph.initializer, hidden):
+        if hide and not is_external(tensor):
+            _check_tensor(tensor, what)
+    if len(model.graph.node) > CHECKER_NODES:
+        opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
+        _check_attribute_types(model.graph, opset, what)
+        for tensor in all_tensors(model):
+            if not is_external(tensor):  # what the checker would have looked at
                 _check_tensor(tensor, what)
-            if tensor.name not in inputs:
-                graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        return
+    full = True
+    main = len(model.graph.initializer)
+    inner = [t for i, t in enumerate(all_tensors(model)) if i >= main and is_external(t)]
+    saved = []
+    for tensor in inner:  # external data in subgraphs or Constant nodes (usually small): shown as it is
+        length = int(_external_info(tensor).get("length", 0))
+        if folder is not None and length < LARGE_TENSOR_BYTES:
+            data = read_external_bytes(tensor, folder)  # shape inference may need the values
         else:
-            graph.initializer.append(tensor)
-    full = len(model.graph.node) <= FULL_CHECK_NODES
-    for tensor in all_tensors(shell):  # external data in subgraphs or Constant nodes: usually small
-        if is_external(tensor):
-            length = int(_external_info(tensor).get("length", 0))
-            if folder is not None and length < LARGE_TENSOR_BYTES:
-                data = read_external_bytes(tensor, folder)  # shape inference may need the values
-            else:
-                data, full = bytes(length), False  # no values to infer shapes from
-            del tensor.external_data[:]
-            tensor.ClearField("data_location")
-            tensor.raw_data = data
-    for vi in list(graph.input) + list(graph.output):
-        # onnx.checker wants the shapes of the main graph's inputs and outputs, which onnxruntime
-        # and onnx-fuse do without: an unknown one is not an error
-        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
-            full = False  # a made-up rank would not infer
-            vi.type.tensor_type.shape.SetInParent()
+            data, full = bytes(length), False  # no values to infer shapes from
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        saved.append(copy)
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
+        tensor.raw_data = data
     try:
-        for sparse in model.graph.sparse_initializer:
-            onnx.checker.check_sparse_tensor(sparse)
+        whole = model.SerializeToString()
+    finally:
+        for tensor, copy in zip(inner, saved):
+            tensor.CopyFrom(copy)
+    graph_field, graph_start, graph_end = wire.only_field(whole, 0, len(whole), wire.MODEL_GRAPH)
+    listed = {vi.name for vi in model.graph.input}
+    pieces, added = [], []
+    index = -1
+    for number, _, field_start, start, end in wire.fields(whole, graph_start, graph_end):
+        if number == wire.GRAPH_INITIALIZER:
+            index += 1
+            if hidden[index]:
+                tensor = model.graph.initializer[index]
+                if tensor.name not in listed:
+                    added.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+                continue
+        elif number == wire.GRAPH_SPARSE_INITIALIZER:
+            sparse = onnx.SparseTensorProto.FromString(whole[start:end])
+            try:
+                onnx.checker.check_sparse_tensor(sparse)
+            except onnx.checker.ValidationError as error:
+                raise InputError(f"{what}: not a valid model: {' '.join(str(error).split())[:300]}") from None
+            if sparse.values.name not in listed:
+                added.append(helper.make_tensor_value_info(sparse.values.name, sparse.values.data_type,
+                                                           list(sparse.dims)))
+            continue
+        elif number in (wire.GRAPH_INPUT, wire.GRAPH_OUTPUT):
+            vi = onnx.ValueInfoProto.FromString(whole[start:end])
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                # onnx.checker wants the shapes of the main graph's inputs and outputs, which
+                # onnxruntime and onnx-fuse do without: an unknown one is not an error
+                full = False  # a made-up rank would not infer
+                vi.type.tensor_type.shape.SetInParent()
+                data = vi.SerializeToString()
+                pieces.append(wire.length_delimited(number, len(data)) + data)
+                continue
+        pieces.append(whole[field_start:end])
+    for vi in added:
+        data = vi.SerializeToString()
+        pieces.append(wire.length_delimited(wire.GRAPH_INPUT, len(data)) + data)
+    graph_length = sum(len(piece) for piece in pieces)
+    shell = b"".join([whole[:graph_field], wire.length_delimited(wire.MODEL_GRAPH, graph_length), *pieces,
+                      whole[graph_end:]])
+    del whole, pieces
+    try:
         onnx.checker.check_model(shell, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         text = " ".join(str(error).split())
         raise InputError(f"{what}: not a valid model: {text[:300]}") from None
 
 
-def _copy_fields(message, copy, leave: str):
-    """`copy` given every field of `message` but the one named `leave`."""
-    for field, value in message.ListFields():
-        if field.name == leave:
-            continue
-        if field.is_repeated:
-            getattr(copy, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(copy, field.name).CopyFrom(value)
-        else:
-            setattr(copy, field.name, value)
-    return copy
-
-
 def _check_graph(graph, outer: set, what: str):
-    local = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    local.update(vi.name for vi in graph.input)
+    initializers = [t.name for t in graph.initializer] + [t.values.name for t in graph.sparse_initializer]
+    local = set(initializers)
+    if len(local) != len(initializers):
+        twice = next(name for name in local if initializers.count(name) > 1)
+        raise InputError(f"{what}: initializer name '{twice}' is not unique")
+    inputs = [vi.name for vi in graph.input]
+    if len(set(inputs)) != len(inputs):
+        twice = next(name for name in inputs if inputs.count(name) > 1)
+        raise InputError(f"{what}: graph input '{twice}' is listed twice")
+    local.update(inputs)
     for node in graph.node:
         for name in node.input:
             if name and name not in local and name not in outer:

@@ -130,8 +130,17 @@ HOSTILE = {
 }
 
 
+@pytest.fixture(params=["checker", "large graph"])
+def checker_mode(request, monkeypatch):
+    """Graphs of over io.CHECKER_NODES nodes are checked without onnx.checker: the same inputs
+    must be refused there too."""
+    if request.param == "large graph":
+        monkeypatch.setattr(onnx_fuse.io, "CHECKER_NODES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("make", list(HOSTILE), ids=lambda f: f.__name__)
-def test_an_invalid_model_is_refused_in_one_line_before_any_rewrite(make, tmp_path, capsys):
+def test_an_invalid_model_is_refused_in_one_line_before_any_rewrite(make, tmp_path, capsys, checker_mode):
     model = make(conv_bn(), tmp_path)
     path = tmp_path / "in.onnx"
     path.write_bytes(model.SerializeToString())
