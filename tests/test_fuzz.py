@@ -89,7 +89,8 @@ class GraphFuzzer:
         self.draw = draw
         self.opset = self.int(11, 21)
         # bfloat16 Constant, Gemm and BatchNormalization from opset 15 on, If from 16
-        self.dtype = self.choice([np.float32] * 6 + [np.float16] * 2 + ([ml_dtypes.bfloat16] if self.opset >= 16 else []))
+        bfloat16 = [ml_dtypes.bfloat16] if self.opset >= 16 else []
+        self.dtype = self.choice([np.float32] * 6 + [np.float16] * 2 + bfloat16)
         self.elem = ELEM_TYPES[self.dtype]
         default_ir = min(onnx.IR_VERSION, 8 if self.opset <= 17 else 10)
         self.ir_version = self.choice([default_ir] * 6 + [4, 3]) if self.opset <= 17 else default_ir
