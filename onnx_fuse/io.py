@@ -219,7 +219,7 @@ def needs_external_data(model: onnx.ModelProto, external: "ExternalData | None" 
     too large for one protobuf (counted per tensor: the whole model may not even be measurable)."""
     size = 0
     for tensor in all_tensors(model):
-        if external is not None and (external.is_inline(tensor) or tensor.name in external.held):
+        if external is not None and (external.is_inline(tensor) or is_held(tensor) or is_scratch(tensor)):
             size += int(_external_info(tensor)["length"])
         elif is_external(tensor):
             return True
@@ -269,9 +269,8 @@ class ExternalData:
         self.model_file = source.name
         self.scratch = scratch
         self.hold = False
-        self.scratch_names: set[str] = set()
         self.scratch_size = 0
-        self.held: dict[str, np.ndarray] = {}
+        self.held: dict[str, np.ndarray] = {}  # by name: only main-graph tensors are held
 
     def takes(self, nbytes: int, main_graph: bool) -> bool:
         """Whether `store` should take a new tensor of this size rather than the model's memory."""
@@ -282,14 +281,14 @@ class ExternalData:
         return is_external(tensor) and _external_info(tensor).get("location") == self.model_file
 
     def file_of(self, tensor) -> Path:
-        if tensor.name in self.scratch_names:
+        if is_scratch(tensor):
             return self.scratch
         return external_file(tensor, self.source_folder)
 
     def read(self, tensor) -> np.ndarray:
         if not is_external(tensor):
             return tensor_values(tensor)
-        if tensor.name in self.held:
+        if is_held(tensor):
             return self.held[tensor.name]
         return read_tensor_file(tensor, self.file_of(tensor))
 
@@ -304,12 +303,22 @@ class ExternalData:
         values = np.ascontiguousarray(values.byteswap() if sys.byteorder == "big" else values)
         with open(self.scratch, "ab") as handle:
             values.tofile(handle)
-        point_to(tensor, self.scratch.name, self.scratch_size, values.nbytes)
-        self.scratch_names.add(tensor.name)
+        point_to(tensor, SCRATCH, self.scratch_size, values.nbytes)
         self.scratch_size += values.nbytes
 
 
-HELD = "<held in memory by onnx-fuse>"  # never written: write_model puts the values in their place
+# Locations of the tensors a fold made, never written as they are: write_model puts the values in
+# their place. Told apart by location, not by name: tensors of sibling subgraphs may share a name.
+HELD = "<held in memory by onnx-fuse>"
+SCRATCH = "<in the output's data file, being staged by onnx-fuse>"
+
+
+def is_held(tensor) -> bool:
+    return is_external(tensor) and _external_info(tensor).get("location") == HELD
+
+
+def is_scratch(tensor) -> bool:
+    return is_external(tensor) and _external_info(tensor).get("location") == SCRATCH
 
 
 VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
@@ -757,10 +766,9 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
     if scratch is not None and scratch.exists() and scratch != data_path:
         os.replace(scratch, data_path)
     offset = data_path.stat().st_size if data_path.exists() else 0
-    kept = external.scratch_names if external is not None else set()
     with open(data_path, "ab", buffering=0) as data:
         for tensor in all_tensors(model):
-            if tensor.name in kept and is_external(tensor):
+            if is_scratch(tensor) and int(_external_info(tensor)["length"]) >= threshold:
                 point_to(tensor, data_name, *_external_span(tensor, data_path))
                 continue
             if is_external(tensor) and int(_external_info(tensor).get("length", threshold)) < threshold:
@@ -781,7 +789,7 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
 
 def _inline(tensor, external: ExternalData):
     """Put a small tensor's data, held or in a file, into the tensor itself."""
-    if tensor.name in external.held:
+    if is_held(tensor):
         values = external.held[tensor.name]
         data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
     else:
@@ -798,7 +806,7 @@ def _inline(tensor, external: ExternalData):
 def _write_data(out, tensor, external: ExternalData) -> int:
     """Write the data of a tensor that is not in memory (held, or in a file) to the unbuffered
     file `out`; returns its length."""
-    if tensor.name in external.held:
+    if is_held(tensor):
         values = external.held[tensor.name]
         values = values.byteswap() if sys.byteorder == "big" else values
         _write_all(out, memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8)))  # any dtype

@@ -118,3 +118,46 @@ def test_a_bfloat16_chain_after_gemm_folds_at_least_as_accurately_as_it_runs():
     folded = ReferenceEvaluator(result).run(None, {"x": x})[0].astype(np.float64)
     scale = max(1.0, float(np.abs(exact).max()))
     assert np.abs(folded - exact).max() <= max(np.abs(original - exact).max(), 2 ** -8 * scale)
+
+
+def test_sibling_subgraphs_with_one_weight_name_through_external_data(tmp_path):
+    """Both branches of an If call their (large) weight 'w', as siblings may: the folded one goes
+    to the output's data file, the other is copied from the input's; neither is taken for the
+    other."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(4)
+    c = 48  # 48x48x3x3 float32: 81 KB, a weight the file path keeps out of memory
+
+    def branch(name, fold):
+        w = numpy_helper.from_array((rng.normal(0, .1, (c, c, 3, 3))).astype(np.float32), "w")
+        stats = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in
+                 [(rng.uniform(.5, 1.5, c), "s"), (rng.normal(0, .5, c), "b"), (rng.normal(0, .5, c), "m"),
+                  (rng.uniform(.5, 2, c), "v")]]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["t0"], pads=[1, 1, 1, 1])]
+        if fold:
+            nodes.append(helper.make_node("BatchNormalization", ["t0", "s", "b", "m", "v"], ["t1"]))
+        out = "t1" if fold else "t0"
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                                                  [1, c, 4, 4])],
+                                 [w] + (stats if fold else []))
+
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", True),
+                            else_branch=branch("else", False))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "in.onnx"
+    onnx.save(model, str(source), save_as_external_data=True, location="in.data", size_threshold=1024)
+    report = onnx_fuse.optimize_file(source, tmp_path / "out.onnx")
+    assert report.passes["conv_bn"].rewrites == 1
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = rng.standard_normal((1, c, 4, 4)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        expected = ort.InferenceSession(str(source), options).run(None, feeds)[0]
+        actual = ort.InferenceSession(str(tmp_path / "out.onnx"), options).run(None, feeds)[0]
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
