@@ -98,7 +98,7 @@ def batchnorm_affine(view: GraphView, node, channels: int) -> tuple[np.ndarray, 
         return Refusal("BatchNormalization is in training mode (is_test=0)")
     if view.opset < 14 and len(node.output) > 1 and "is_test" not in attrs:
         # before opset 14 the outputs say the mode: declared running statistics mean training
-        return Refusal("BatchNormalization declares its statistics as outputs: before opset 14 that is training mode")
+        return Refusal("BatchNormalization declares its statistics as outputs: training mode before opset 14")
     if attrs.get("spatial", 1) == 0:
         return Refusal("BatchNormalization spatial=0 normalizes per activation, not per channel")
     for extra in node.output[1:]:
