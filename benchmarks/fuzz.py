@@ -1,6 +1,6 @@
 """Run the property-based fuzz test (tests/test_fuzz.py) with many more examples than CI does.
 
-    python benchmarks/fuzz.py --examples 5000 [--jobs 2] [--seed 0] [--keep-going] [--save DIR]
+    python benchmarks/fuzz.py --examples 100000 [--jobs 2] [--seed 0] [--keep-going] [--save DIR]
     python benchmarks/fuzz.py --replay DIR/fail_*.onnx
 
 Uses the same strategy and the same checks as the test. By default the first failure is shrunk by
@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
-from test_fuzz import Case, check_optimization, describe, fuzz_models  # noqa: E402
+from test_fuzz import ELEM_TYPES, Case, check_optimization, describe, fuzz_models  # noqa: E402
 
 
 def first_line(error: BaseException) -> str:
@@ -89,8 +89,8 @@ def replay(paths) -> int:
         model = onnx.load(path)
         props = {p.key: p.value for p in model.metadata_props}
         elem = model.graph.input[0].type.tensor_type.elem_type
-        case = Case(model, np.float16 if elem == onnx.TensorProto.FLOAT16 else np.float32,
-                    int(props.get("fuzz_input_seed", 0)))
+        dtype = {elem_type: dtype for dtype, elem_type in ELEM_TYPES.items()}.get(elem, np.float32)
+        case = Case(model, dtype, int(props.get("fuzz_input_seed", 0)))
         try:
             check_optimization(case, log=lambda text: None)
             print(f"ok    {path}")

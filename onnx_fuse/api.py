@@ -250,7 +250,8 @@ def optimize(model, passes=None, skip=(), *, verify=False, input_shapes: dict | 
 
 def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, verify=False,
                   input_shapes: dict | None = None, fold_overridable_initializers: bool = False,
-                  external_data: str | None = None, external_threshold: int = 1024, progress=None) -> Report:
+                  external_data: str | None = None, external_threshold: int = 1024, progress=None,
+                  guard: io.WriteGuard | None = None) -> Report:
     """Optimize the model at `src` (fold normalizations, merge parallel linear branches, as
     `optimize` does) and write it atomically to `dst`. Returns the Report.
 
@@ -262,6 +263,10 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     result exceeds 2 GB, or `external_data` is given (tensors of at least `external_threshold`
     bytes go there). `progress`, if given, is called with a one-line status (reading, rewrites
     per pass, verifying, writing) as the work goes on.
+
+    Nothing the run reads is ever written: an output (or its data file) that is the input model
+    or one of its data files raises InputError (unless `inplace`). `guard`, shared by the
+    models of one run, also refuses two outputs of the run in one place.
     """
     options = VerifyOptions.of(verify)
     progress = progress or (lambda _text: None)
@@ -271,10 +276,16 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     selected = select_passes(passes, skip)
     progress("reading")
     source = io.load_path(src, lazy=True)
-    io.check_input(source, str(src))
+    io.check_input(source, str(src), src.absolute().parent)
     shapes = check_input_shapes(source, input_shapes)
-    external = io.ExternalData(src.resolve())
-    data_name = io.output_data_name(source, dst, external_data, external, inplace)
+    guard = guard if guard is not None else io.WriteGuard()
+    guard.add_model(src, source)
+    owner, replaceable = str(src), io.model_files(src, source) if inplace else ()
+    guard.claim(dst, f"the output of {src}", owner, replaceable)
+    external = io.ExternalData(src.absolute())
+    data_name = io.output_data_name(source, dst, external_data, external)
+    if data_name is not None:
+        guard.claim(dst.parent / data_name, f"the external data of the output of {src}", owner, replaceable)
     with io.staged(dst) as stage:
         if options is None:  # verification reads the new tensors from memory
             # new large weights go straight to the output's data file, or are held until written
@@ -282,6 +293,9 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
             external.hold = data_name is None
         job = _Job(source, selected, fold_overridable_initializers, shapes, external, progress, options)
         model, report = job.optimize()
+        if data_name is None and io.needs_external_data(model, external):  # the folds made it exceed 2 GB
+            data_name = io.output_data_name(model, dst, None, external)
+            guard.claim(dst.parent / data_name, f"the external data of the output of {src}", owner, replaceable)
         progress("writing")
         io.write_model(model, stage / dst.name, external=external, data_name=data_name,
                        threshold=external_threshold)

@@ -4,12 +4,14 @@ before the arguments are parsed, so `--version` and `--help` answer at once."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
 
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 2, 3, 4
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM exits with 128 + 15 = 143
 
 DESCRIPTION = """\
 Rewrite an ONNX model into its fastest exact form: fold every BatchNormalization and
@@ -31,8 +33,9 @@ examples:
   onnx-fuse model.onnx out.onnx -v                  list every refused match and why
   onnx-fuse --list-passes                           what each pass does
 
-exit codes: 0 done, 2 bad usage or unusable input, 3 verification found a mismatch,
-4 internal error (please report it with the model, if you can share it).
+exit codes: 0 done, 2 bad usage or unusable input (or a write that would overwrite an
+input or another output of the run), 3 verification found a mismatch, 4 internal error
+(please report it with the model, if you can share it), 130 interrupted (143 on SIGTERM).
 """
 
 VERIFY_VALUES = {"check": "--verify", "bisect": "--bisect"}
@@ -223,15 +226,58 @@ def plan(inputs: list, output: str | None) -> tuple[list, list, bool, str]:
                          f"(write -o {out.with_suffix('')}/ or name a folder)")
     if not out.parent.is_dir():
         raise InputError(f"{out}: its parent folder does not exist")
-    out.mkdir(exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{out}: cannot create the output folder ({error.strerror})") from None
+    from . import io
+
+    io.check_writable(out)
     return sources, [out / source.name for source in sources], several, output
 
 
-def write_report(path, document: dict):
-    """Write the --report document as JSON."""
+def claim_files(sources, destinations, several, args):
+    """Every file the run will read and write, claimed before anything is written (io.WriteGuard):
+    an output over an input of the run, two outputs in one place, or a report over either is
+    refused up front."""
+    from . import io
+    from .io import InputError
+
+    guard = io.WriteGuard()
+    replaceable = {}
+    for source in sources:
+        guard.add_input(source, f"the input model {source}", str(source))
+        replaceable[source] = [source]
+        if several or args.report:  # their data files, which other outputs and the report must not replace
+            try:
+                model = io.load_path(source, lazy=True)
+            except InputError:
+                continue  # its own job says what is wrong with it
+            guard.add_model(source, model)
+            replaceable[source] = io.model_files(source, model)
+    for source, destination in zip(sources, destinations):
+        mine = replaceable[source] if args.inplace else ()
+        guard.claim(destination, f"the output of {source}", str(source), mine)
+        # where its data file would go (another output or input must not be there, even if unused)
+        data_name = args.external_data or f"{destination.name}.data"
+        guard.claim(destination.parent / data_name, f"the external data of the output of {source}", str(source), mine)
+    if args.report:
+        report = Path(args.report)
+        if report.is_dir():
+            raise InputError(f"--report {report}: is a directory; give a file name")
+        guard.claim(report, "the report", "report")
+    return guard
+
+
+def write_report(path, document: dict, guard):
+    """Write the --report document as JSON, through the run's guard (it has read more files since
+    it first claimed the report's place)."""
     import json
 
-    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+    from . import io
+
+    guard.claim(Path(path), "the report", "report")
+    io.write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
 def _print_refusals(report):
@@ -239,7 +285,34 @@ def _print_refusals(report):
         print(f"  refused {r.pass_name} at {r.node} ({r.where}): {r.reason}")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that staged files are removed on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nonnx-fuse: interrupted; no partial output was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("onnx-fuse: terminated; no partial output was left", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv=None) -> int:
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
     import logging
 
@@ -265,6 +338,7 @@ def main(argv=None) -> int:
                        inplace=args.inplace, external_data=args.external_data,
                        external_threshold=args.external_data_threshold)
         select_passes(options["passes"], options["skip"])
+        guard = claim_files(sources, destinations, several, args)
     except (UsageError, InputError, ValueError) as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -276,7 +350,7 @@ def main(argv=None) -> int:
     worst = EXIT_OK
     records = []
     for source, destination in zip(sources, destinations):
-        code, report, error = _one(source, destination, dict(options), args, several)
+        code, report, error = _one(source, destination, dict(options, guard=guard), args, several)
         worst = max(worst, code)
         record = model_record(source, destination, report, code, error)
         records.append(record)
@@ -285,7 +359,11 @@ def main(argv=None) -> int:
     if table is not None:
         table.finish(records, output)
     if args.report:
-        write_report(args.report, report_document(records))
+        try:
+            write_report(args.report, report_document(records), guard)
+        except InputError as error:
+            print(f"onnx-fuse: error: --report: {error}", file=sys.stderr)
+            return max(worst, EXIT_USAGE)
     return worst
 
 
@@ -294,7 +372,7 @@ def _one(source: Path, destination: Path, options: dict, args, several: bool):
     from .api import optimize_file
     from .io import InputError
     from .progress import Progress
-    from .verify import VerificationError
+    from .verify import CannotVerify, VerificationError
 
     status = None
     if not (args.quiet or args.verbose) and sys.stderr.isatty():  # a status line on a terminal, for long runs
@@ -306,6 +384,9 @@ def _one(source: Path, destination: Path, options: dict, args, several: bool):
         finally:  # clear the status line before anything else is printed
             if status is not None:
                 status.done()
+    except CannotVerify as error:
+        print(f"onnx-fuse: error: {source}: {error}", file=sys.stderr)
+        return EXIT_USAGE, None, str(error)
     except InputError as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE, None, str(error)

@@ -58,7 +58,7 @@ def subgraphs_of(node):
 
 def free_names(graph) -> set[str]:
     """Names a subgraph reads from its enclosing scopes."""
-    defined = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    defined = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
     defined |= {vi.name for vi in graph.input}
     used: set[str] = set()
     for node in graph.node:
@@ -95,7 +95,7 @@ def recorded_shapes(value_infos) -> dict[str, list]:
 class Graph:
     """One graph or function body, as a pass sees it. What a pass may use, and nothing else:
 
-    reading        node(i)  producer_of(name)  readers(name)  sole_consumer(name)  consumer_count(name)
+    reading        node(i)  nodes()  producer_of(name)  readers(name)  sole_consumer(name)  consumer_count(name)
                    read_by_subgraph(name)  inputs  outputs  opset  original_size
     constants      is_constant(name)  constant(name)  constant_type(name)  is_initializer(name)
     shapes         shape(name)  inferred_shape(name)  rank(name)
@@ -143,6 +143,9 @@ class Graph:
             self.outputs = {vi.name for vi in container.output}
         # IR < 4 lists every initializer of the main graph among its inputs.
         self.initializers_are_inputs = not self.is_function and parent is None and ir_version < 4
+        # where new constants are Constant nodes: a function, and a subgraph before IR 4 (whose
+        # initializers would have to be among its inputs, which an If or Loop fixes)
+        self.constants_as_nodes = self.is_function or (parent is not None and ir_version < 4)
         self.removed: set[int] = set()
         self.maybe_unused: list[str] = []  # names that lost a reader (may repeat)
         self.unused_candidates: list[str] = []  # initializers to check at commit (may repeat)
@@ -211,6 +214,12 @@ class Graph:
         """Whether a subgraph (an If branch, a Loop body) reads `name` from this scope by name."""
         readers = self.readers(name)  # one entry per read, through subgraphs too
         return len(readers) != sum(list(self.node(r).input).count(name) for r in set(readers))
+
+    def nodes(self):
+        """Every node now in the graph, by number (removed ones left out)."""
+        for index in range(self.size):
+            if index not in self.removed:
+                yield self.node(index)
 
     def node(self, index: int):
         node = self.edited.get(index)
@@ -407,7 +416,7 @@ class Graph:
         """A new constant tensor with a fresh name: an initializer, or a Constant node in a function."""
         name = self.names.fresh(hint)
         values = np.asarray(values)
-        if self.is_function:
+        if self.constants_as_nodes:
             tensor = numpy_helper.from_array(values, name)
             self.new_constant_nodes.append(helper.make_node("Constant", [], [name], value=tensor,
                                                             name=self.names.fresh(name + "_const")))
@@ -511,7 +520,7 @@ class Graph:
 
     def add_tensor(self, tensor):
         """Add an existing TensorProto (its name already unique in the model) as a constant."""
-        if self.is_function:
+        if self.constants_as_nodes:
             self.new_constant_nodes.append(helper.make_node("Constant", [], [tensor.name], value=tensor,
                                                             name=self.names.fresh(tensor.name + "_const")))
         else:

@@ -4,9 +4,12 @@ them atomically, so an interrupted or failed run never leaves a partial output f
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +22,7 @@ from onnx import helper, numpy_helper
 from . import wire
 
 PROTOBUF_LIMIT = 2**31 - 1
+PROTOBUF_HEADROOM = 64 << 20  # what the graph's other fields may take beyond the tensors and nodes counted
 # Tensors this large stay out of the protobuf: a lazy load leaves them in the model's file, and
 # new ones go to ExternalData.store
 LARGE_TENSOR_BYTES = 64 << 10
@@ -72,7 +76,8 @@ def load_path(path: Path, lazy: bool = False) -> onnx.ModelProto:
         except DecodeError as error:
             raise InputError(f"{path}: not an ONNX model, the file does not parse ({error})") from None
     _check_model(model, str(path))
-    folder = path.resolve().parent
+    # external data lies beside the path as given, a symlink's own folder (as onnx and onnxruntime read it)
+    folder = path.absolute().parent
     for tensor in external_tensors(model):
         external_file(tensor, folder, str(path))
         if not lazy:
@@ -179,6 +184,8 @@ def external_file(tensor, folder: Path, what: str = "the model") -> Path:
     """The file holding a tensor's data, which must lie inside the model's folder (else refused
     before anything is read)."""
     location = _external_info(tensor).get("location", "")
+    if "\0" in location:
+        raise InputError(f"{what}: tensor '{tensor.name}': its external data location {location!r} is not a file name")
     target = (folder / location).resolve()
     if not location or Path(location).is_absolute() or folder.resolve() not in target.parents:
         raise InputError(f"{what}: tensor '{tensor.name}' points to external data at {location!r}, "
@@ -212,12 +219,12 @@ def needs_external_data(model: onnx.ModelProto, external: "ExternalData | None" 
     too large for one protobuf (counted per tensor: the whole model may not even be measurable)."""
     size = 0
     for tensor in all_tensors(model):
-        if external is not None and (external.is_inline(tensor) or tensor.name in external.held):
+        if external is not None and (external.is_inline(tensor) or is_held(tensor) or is_scratch(tensor)):
             size += int(_external_info(tensor)["length"])
         elif is_external(tensor):
             return True
         size += tensor.ByteSize()
-    return size + sum(node.ByteSize() for node in model.graph.node) > PROTOBUF_LIMIT - (64 << 20)
+    return size + sum(node.ByteSize() for node in model.graph.node) > PROTOBUF_LIMIT - PROTOBUF_HEADROOM
 
 
 def tensor_values(tensor) -> np.ndarray:
@@ -262,9 +269,8 @@ class ExternalData:
         self.model_file = source.name
         self.scratch = scratch
         self.hold = False
-        self.scratch_names: set[str] = set()
         self.scratch_size = 0
-        self.held: dict[str, np.ndarray] = {}
+        self.held: dict[str, np.ndarray] = {}  # by name: only main-graph tensors are held
 
     def takes(self, nbytes: int, main_graph: bool) -> bool:
         """Whether `store` should take a new tensor of this size rather than the model's memory."""
@@ -275,14 +281,14 @@ class ExternalData:
         return is_external(tensor) and _external_info(tensor).get("location") == self.model_file
 
     def file_of(self, tensor) -> Path:
-        if tensor.name in self.scratch_names:
+        if is_scratch(tensor):
             return self.scratch
         return external_file(tensor, self.source_folder)
 
     def read(self, tensor) -> np.ndarray:
         if not is_external(tensor):
             return tensor_values(tensor)
-        if tensor.name in self.held:
+        if is_held(tensor):
             return self.held[tensor.name]
         return read_tensor_file(tensor, self.file_of(tensor))
 
@@ -297,37 +303,246 @@ class ExternalData:
         values = np.ascontiguousarray(values.byteswap() if sys.byteorder == "big" else values)
         with open(self.scratch, "ab") as handle:
             values.tofile(handle)
-        point_to(tensor, self.scratch.name, self.scratch_size, values.nbytes)
-        self.scratch_names.add(tensor.name)
+        point_to(tensor, SCRATCH, self.scratch_size, values.nbytes)
         self.scratch_size += values.nbytes
 
 
-HELD = "<held in memory by onnx-fuse>"  # never written: write_model puts the values in their place
+# Locations of the tensors a fold made, never written as they are: write_model puts the values in
+# their place. Told apart by location, not by name: tensors of sibling subgraphs may share a name.
+HELD = "<held in memory by onnx-fuse>"
+SCRATCH = "<in the output's data file, being staged by onnx-fuse>"
+
+
+def is_held(tensor) -> bool:
+    return is_external(tensor) and _external_info(tensor).get("location") == HELD
+
+
+def is_scratch(tensor) -> bool:
+    return is_external(tensor) and _external_info(tensor).get("location") == SCRATCH
+
+
+VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                "uint64_data")
 
 
 def point_to(tensor, location: str, offset: int, length: int):
+    for field in VALUE_FIELDS:  # the file holds the one value now
+        tensor.ClearField(field)
     del tensor.external_data[:]
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    tensor.ClearField("raw_data")
 
 
-def check_input(model: onnx.ModelProto, what: str):
-    """Refuse what cannot be optimized safely: an opset this onnx does not know, and graphs that
-    read names nothing defines or define a name twice (what onnx.checker calls invalid)."""
+def check_input(model: onnx.ModelProto, what: str, folder: Path | None = None):
+    """Refuse what onnx.checker calls invalid (an opset this onnx does not know, names read but
+    never defined or defined twice, wrong attribute types, ...) and what it does not look at
+    (external data references, data lengths that disagree with the dims). `folder` holds the
+    model's external data."""
     known = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx") and entry.version > known:
             raise InputError(f"{what}: uses opset {entry.version}, newer than the installed onnx "
                              f"{onnx.__version__} knows ({known}); upgrade onnx")
     _check_graph(model.graph, set(), what)
+    for tensor in external_tensors(model):
+        _check_tensor(tensor, what)
+    _check_weights(model.graph, what)
+    _run_checker(model, what, folder)
+
+
+# Elements per entry of each typed value field (complex numbers take two), for the tensor types
+# whose data length follows from their dims; raw_data holds ITEM_BYTES bytes per element.
+_T = onnx.TensorProto
+TYPED_FIELD = {
+    _T.FLOAT: "float_data", _T.COMPLEX64: "float_data", _T.DOUBLE: "double_data", _T.COMPLEX128: "double_data",
+    _T.INT64: "int64_data", _T.UINT32: "uint64_data", _T.UINT64: "uint64_data", _T.STRING: "string_data",
+    **{t: "int32_data" for t in (_T.INT32, _T.INT16, _T.INT8, _T.UINT16, _T.UINT8, _T.BOOL, _T.FLOAT16,
+                                 _T.BFLOAT16)},
+}
+PER_ELEMENT = {_T.COMPLEX64: 2, _T.COMPLEX128: 2}
+ITEM_BYTES = {t: helper.tensor_dtype_to_np_dtype(t).itemsize for t in TYPED_FIELD if t != _T.STRING}
+
+
+def _check_tensor(tensor, what: str):
+    """What onnx.checker does not look at (external data), or is not shown (large initializers,
+    see _run_checker): dims, data lengths, external data references."""
+    where = f"{what}: tensor '{tensor.name}'"
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{where} has a negative dimension (dims {list(tensor.dims)})")
+    elements = 1
+    for d in tensor.dims:
+        elements *= d
+    expected = ITEM_BYTES[tensor.data_type] * elements if tensor.data_type in ITEM_BYTES else None
+    if is_external(tensor):
+        info = _external_info(tensor)
+        location = info.get("location", "")
+        if not location or "\0" in location:
+            raise InputError(f"{where}: its external data location {location!r} is not a file name")
+        for key in ("offset", "length"):
+            if key in info and not info[key].isdigit():
+                raise InputError(f"{where}: external data {key} {info[key]!r} is not a whole number")
+        if expected is not None and "length" in info and int(info["length"]) != expected:
+            raise InputError(f"{where}: external data length {info['length']} does not match its dims "
+                             f"{list(tensor.dims)} ({expected} bytes)")
+        return
+    fields = [f for f in VALUE_FIELDS if (tensor.HasField(f) if f == "raw_data" else len(getattr(tensor, f)))]
+    if len(fields) > 1:
+        raise InputError(f"{where} has two values ({' and '.join(fields)})")
+    if tensor.data_type not in TYPED_FIELD:
+        return
+    if not fields:
+        if elements:
+            raise InputError(f"{where} has dims {list(tensor.dims)} but no data")
+        return
+    if fields[0] == "raw_data":
+        if tensor.data_type != _T.STRING and len(tensor.raw_data) != expected:
+            raise InputError(f"{where}: raw data of {len(tensor.raw_data)} bytes, its dims {list(tensor.dims)} "
+                             f"need {expected}")
+    elif fields[0] != TYPED_FIELD[tensor.data_type] or len(getattr(tensor, fields[0])) != elements * PER_ELEMENT.get(
+            tensor.data_type, 1):
+        raise InputError(f"{where}: {len(getattr(tensor, fields[0]))} values in {fields[0]}, its type and dims "
+                         f"{list(tensor.dims)} need {elements * PER_ELEMENT.get(tensor.data_type, 1)} in "
+                         f"{TYPED_FIELD[tensor.data_type]}")
+
+
+def _check_weights(graph, what: str):
+    """A Conv or ConvTranspose whose constant weight has no elements (onnx.checker's shape
+    inference says so only on a full check)."""
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and node.domain in ("", "ai.onnx") and len(node.input) > 1:
+            shape = dims.get(node.input[1])
+            if shape is not None and 0 in shape:
+                raise InputError(f"{what}: {node.op_type} '{node.name or node.output[0]}' has a weight with no "
+                                 f"elements (dims {shape})")
+
+
+# Up to this many nodes onnx.checker runs with its full check (strict shape inference); above it,
+# onnx.checker would hold a second copy of the graph, and the attribute types are checked here
+CHECKER_NODES = 20000
+
+
+def _check_attribute_types(graph, opset: int, what: str):
+    """Attributes of the main graph's default-domain nodes have the types their schemas say."""
+    schemas = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type not in schemas:
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset, "")
+                schemas[node.op_type] = {name: a.type for name, a in schema.attributes.items()}
+            except onnx.defs.SchemaError:
+                schemas[node.op_type] = None
+        types = schemas[node.op_type]
+        if types is None:
+            continue
+        for attr in node.attribute:
+            expected = types.get(attr.name)
+            if expected is not None and not attr.ref_attr_name and attr.type != expected:
+                raise InputError(f"{what}: node '{node.name or node.op_type}': attribute '{attr.name}' is "
+                                 f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, expected "
+                                 f"{onnx.AttributeProto.AttributeType.Name(expected)}")
+
+
+def _run_checker(model: onnx.ModelProto, what: str, folder: Path | None = None):
+    """onnx.checker on the model's bytes as they would be without its large, external or sparse
+    main-graph initializers (each becomes a graph input of its type and dims, checked by
+    _check_tensor instead): the checker cannot see external data it is not given the folder of,
+    its shape inference has no sparse types for most ops, and a copy of the weights would double
+    the memory. The bytes are edited on the wire: no second Python copy of a large graph."""
+    hidden = [is_external(t) or t.ByteSize() >= LARGE_TENSOR_BYTES for t in model.graph.initializer]
+    for tensor, hide in zip(model.graph.initializer, hidden):
+        if hide and not is_external(tensor):
+            _check_tensor(tensor, what)
+    if len(model.graph.node) > CHECKER_NODES:
+        opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
+        _check_attribute_types(model.graph, opset, what)
+        for tensor in all_tensors(model):
+            if not is_external(tensor):  # what the checker would have looked at
+                _check_tensor(tensor, what)
+        return
+    full = True
+    main = len(model.graph.initializer)
+    inner = [t for i, t in enumerate(all_tensors(model)) if i >= main and is_external(t)]
+    saved = []
+    for tensor in inner:  # external data in subgraphs or Constant nodes (usually small): shown as it is
+        length = int(_external_info(tensor).get("length", 0))
+        if folder is not None and length < LARGE_TENSOR_BYTES:
+            data = read_external_bytes(tensor, folder)  # shape inference may need the values
+        else:
+            data, full = bytes(length), False  # no values to infer shapes from
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        saved.append(copy)
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
+        tensor.raw_data = data
+    try:
+        whole = model.SerializeToString()
+    finally:
+        for tensor, copy in zip(inner, saved):
+            tensor.CopyFrom(copy)
+    graph_field, graph_start, graph_end = wire.only_field(whole, 0, len(whole), wire.MODEL_GRAPH)
+    listed = {vi.name for vi in model.graph.input}
+    pieces, added = [], []
+    index = -1
+    for number, _, field_start, start, end in wire.fields(whole, graph_start, graph_end):
+        if number == wire.GRAPH_INITIALIZER:
+            index += 1
+            if hidden[index]:
+                tensor = model.graph.initializer[index]
+                if tensor.name not in listed:
+                    added.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+                continue
+        elif number == wire.GRAPH_SPARSE_INITIALIZER:
+            sparse = onnx.SparseTensorProto.FromString(whole[start:end])
+            try:
+                onnx.checker.check_sparse_tensor(sparse)
+            except onnx.checker.ValidationError as error:
+                raise InputError(f"{what}: not a valid model: {' '.join(str(error).split())[:300]}") from None
+            if sparse.values.name not in listed:
+                added.append(helper.make_tensor_value_info(sparse.values.name, sparse.values.data_type,
+                                                           list(sparse.dims)))
+            continue
+        elif number in (wire.GRAPH_INPUT, wire.GRAPH_OUTPUT):
+            vi = onnx.ValueInfoProto.FromString(whole[start:end])
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                # onnx.checker wants the shapes of the main graph's inputs and outputs, which
+                # onnxruntime and onnx-fuse do without: an unknown one is not an error
+                full = False  # a made-up rank would not infer
+                vi.type.tensor_type.shape.SetInParent()
+                data = vi.SerializeToString()
+                pieces.append(wire.length_delimited(number, len(data)) + data)
+                continue
+        pieces.append(whole[field_start:end])
+    for vi in added:
+        data = vi.SerializeToString()
+        pieces.append(wire.length_delimited(wire.GRAPH_INPUT, len(data)) + data)
+    graph_length = sum(len(piece) for piece in pieces)
+    shell = b"".join([whole[:graph_field], wire.length_delimited(wire.MODEL_GRAPH, graph_length), *pieces,
+                      whole[graph_end:]])
+    del whole, pieces
+    try:
+        onnx.checker.check_model(shell, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        text = " ".join(str(error).split())
+        raise InputError(f"{what}: not a valid model: {text[:300]}") from None
 
 
 def _check_graph(graph, outer: set, what: str):
-    local = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
-    local.update(vi.name for vi in graph.input)
+    initializers = [t.name for t in graph.initializer] + [t.values.name for t in graph.sparse_initializer]
+    local = set(initializers)
+    if len(local) != len(initializers):
+        twice = next(name for name in local if initializers.count(name) > 1)
+        raise InputError(f"{what}: initializer name '{twice}' is not unique")
+    inputs = [vi.name for vi in graph.input]
+    if len(set(inputs)) != len(inputs):
+        twice = next(name for name in inputs if inputs.count(name) > 1)
+        raise InputError(f"{what}: graph input '{twice}' is listed twice")
+    local.update(inputs)
     for node in graph.node:
         for name in node.input:
             if name and name not in local and name not in outer:
@@ -347,40 +562,86 @@ def _check_graph(graph, outer: set, what: str):
             raise InputError(f"{what}: graph output '{vi.name}' is not computed by the graph")
 
 
-def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None, external: "ExternalData | None",
-                     replace_input: bool = False) -> str | None:
+def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None,
+                     external: "ExternalData | None") -> str | None:
     """The data file to write beside `path`, or None when the model fits in one file."""
     if data_name is None and not needs_external_data(model, external):
         return None
     data_name = data_name or f"{path.name}.data"
-    if Path(data_name).name != data_name or data_name == path.name:
+    if "\0" in data_name or Path(data_name).name != data_name or data_name in (".", "..") or data_name == path.name:
         raise InputError(f"--external-data {data_name!r}: give a plain file name other than the model's")
-    inputs = {external_file(t, external.source_folder).resolve() for t in external_tensors(model)
-              if t.name not in external.scratch_names and t.name not in external.held} if external else set()
-    if not replace_input and (path.parent / data_name).resolve() in inputs:
-        raise InputError(f"{path.parent / data_name} holds the input's external data and would be "
-                         f"replaced; choose another name with --external-data NAME")
     return data_name
 
 
 def save(model: onnx.ModelProto, path, *, external: "ExternalData | None" = None, data_name: str | None = None,
-         threshold: int = 1024, replace_input: bool = False) -> None:
+         threshold: int = 1024, guard: "WriteGuard | None" = None) -> None:
     """Write `model` to `path` atomically: into a temporary folder beside it, then renamed.
 
     The model goes to one file when it can; with external data (the input had some, the model
     exceeds protobuf's 2 GB, or `data_name` is given) every tensor of at least `threshold` bytes
     goes to `data_name` (default: the output's name + ".data") beside it. Tensors still in the
-    input's files are copied from there in chunks; the input's files are never written.
+    input's files are copied from there in chunks. Every file written is claimed in `guard`
+    first: the input's files are never written.
     """
     path = Path(path)
-    data_name = output_data_name(model, path, data_name, external, replace_input)
+    guard = guard or WriteGuard()
+    if external is not None:
+        source = external.source_folder / external.model_file
+        guard.add_model(source, model)
+    guard.claim(path, "the output", "save")
+    data_name = output_data_name(model, path, data_name, external)
+    if data_name is not None:
+        guard.claim(path.parent / data_name, "the output's external data", "save")
     with staged(path) as stage:
         write_model(model, stage / path.name, external=external, data_name=data_name, threshold=threshold)
 
 
+# Every file onnx-fuse stages is in a folder named so: the next run into that folder recognises
+# the leftovers of a killed run (its process is gone) and removes them.
+STAGE_PREFIX = ".onnx-fuse-tmp-"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"(\d+)-([0-9a-f]{8})-")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def remove_stale_stages(folder: Path):
+    """Remove what runs of onnx-fuse on this machine that were killed (SIGKILL, power loss) left
+    staged in `folder`."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        found = _STAGE_NAME.match(entry.name)
+        if found is None or found.group(2) != _HOST:
+            continue
+        pid = int(found.group(1))
+        if pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def check_writable(folder: Path):
+    """Refuse, before anything is written, a folder where files cannot be created."""
+    try:
+        probe = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_HOST}-probe.", dir=folder)
+    except OSError as error:
+        raise InputError(f"{folder}: cannot write in this folder ({error.strerror})") from None
+    os.rmdir(probe)
+
+
 class staged:
     """A temporary folder beside `path`; on success its files are renamed into place (data files
-    first, the model last), on failure the folder is removed. Nothing partial is ever visible."""
+    first, the model last), on failure or interruption the folder is removed. Nothing partial is
+    ever visible."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -391,8 +652,10 @@ class staged:
             raise InputError(f"{self.path}: the output folder {self.folder} does not exist")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory; give a file name for the output")
+        remove_stale_stages(self.folder)
         try:
-            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.folder))
+            self.stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_HOST}-{self.path.name}.",
+                                               dir=self.folder))
         except OSError as error:
             raise InputError(f"{self.path}: cannot write in {self.folder} ({error.strerror})") from None
         return self.stage
@@ -410,6 +673,79 @@ class staged:
         if isinstance(error, OSError):
             raise InputError(f"{self.path}: cannot write ({error.strerror})") from None
         return False
+
+
+def write_bytes(path, data: bytes):
+    """Write a small file (a report) atomically, through the same staging as models."""
+    path = Path(path)
+    with staged(path) as stage:
+        (stage / path.name).write_bytes(data)
+
+
+def model_files(path: Path, model: onnx.ModelProto) -> list[Path]:
+    """The files a model loaded from `path` is read from: the model file and its external data."""
+    folder = path.absolute().parent
+    files = [path]
+    for tensor in external_tensors(model):
+        location = _external_info(tensor).get("location", "")
+        if location:
+            files.append(folder / location)
+    return files
+
+
+def _file_keys(path: Path) -> set:
+    """What identifies a file: its resolved path (through symlinks) and, when it exists, its inode
+    (so that a hard link is the same file too)."""
+    path = Path(path)
+    keys = {str(path.absolute().resolve())}
+    try:
+        status = os.stat(path)
+        keys.add((status.st_dev, status.st_ino))
+    except OSError:
+        pass
+    return keys
+
+
+class WriteGuard:
+    """The files one run reads and writes. Every write is claimed here first: a write over a file
+    the run reads (a model, its external data, resolved through symlinks and hard links) or over
+    another output of the run is refused before anything is written."""
+
+    def __init__(self):
+        self.inputs: dict = {}  # file key -> (what it is, the model it belongs to)
+        self.outputs: dict = {}  # file key -> (what it is, who writes it)
+
+    def add_input(self, path: Path, what: str, owner: str):
+        """Register a file the run reads (for `owner`, whose own --inplace output may replace it)."""
+        keys = _file_keys(path)
+        for key in keys:
+            self.inputs.setdefault(key, (what, owner))
+        for key in keys:
+            if key in self.outputs and self.outputs[key][1] != owner:
+                raise InputError(f"{path}: {what} is also where {self.outputs[key][0]} would be written; "
+                                 f"choose another output name")
+
+    def add_model(self, path: Path, model: onnx.ModelProto):
+        for index, file in enumerate(model_files(path, model)):
+            self.add_input(file, f"the input model {path}" if index == 0 else f"external data of {path}", str(path))
+
+    def claim(self, path: Path, what: str, owner: str, replaceable=()):
+        """Register `path` as written by `owner` (one model of the run, or the report); refused
+        when the run reads it (unless listed in `replaceable`: --inplace) or another output
+        is written there."""
+        allowed = set().union(*(_file_keys(p) for p in replaceable)) if replaceable else set()
+        keys = _file_keys(path)
+        for key in keys:
+            if key in self.inputs and key not in allowed:
+                read_as, reader = self.inputs[key]
+                hint = ("pass --inplace (inplace=True) to replace it" if reader == owner
+                        else "choose another output name")
+                raise InputError(f"{path}: {what} would overwrite {read_as}; {hint}")
+            if key in self.outputs and self.outputs[key][1] != owner:
+                raise InputError(f"{path}: {what} and {self.outputs[key][0]} would both be written here; "
+                                 f"give them different names or folders")
+        for key in keys:
+            self.outputs[key] = (what, owner)
 
 
 def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData | None" = None,
@@ -430,11 +766,13 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
     if scratch is not None and scratch.exists() and scratch != data_path:
         os.replace(scratch, data_path)
     offset = data_path.stat().st_size if data_path.exists() else 0
-    kept = external.scratch_names if external is not None else set()
     with open(data_path, "ab", buffering=0) as data:
         for tensor in all_tensors(model):
-            if tensor.name in kept and is_external(tensor):
+            if is_scratch(tensor) and int(_external_info(tensor)["length"]) >= threshold:
                 point_to(tensor, data_name, *_external_span(tensor, data_path))
+                continue
+            if is_external(tensor) and int(_external_info(tensor).get("length", threshold)) < threshold:
+                _inline(tensor, external)  # small tensors (shapes, axes) go in the model, where runtimes want them
                 continue
             if is_external(tensor):
                 length = _write_data(data, tensor, external)
@@ -449,13 +787,29 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: "ExternalData |
         handle.write(model.SerializeToString())
 
 
+def _inline(tensor, external: ExternalData):
+    """Put a small tensor's data, held or in a file, into the tensor itself."""
+    if is_held(tensor):
+        values = external.held[tensor.name]
+        data = (values.byteswap() if sys.byteorder == "big" else values).tobytes()
+    else:
+        target = external.file_of(tensor)
+        start, length = _external_span(tensor, target)
+        with open(target, "rb") as source:
+            source.seek(start)
+            data = source.read(length)
+    del tensor.external_data[:]
+    tensor.ClearField("data_location")
+    tensor.raw_data = data
+
+
 def _write_data(out, tensor, external: ExternalData) -> int:
     """Write the data of a tensor that is not in memory (held, or in a file) to the unbuffered
     file `out`; returns its length."""
-    if tensor.name in external.held:
+    if is_held(tensor):
         values = external.held[tensor.name]
         values = values.byteswap() if sys.byteorder == "big" else values
-        _write_all(out, memoryview(values).cast("B"))
+        _write_all(out, memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8)))  # any dtype
         return values.nbytes
     target = external.file_of(tensor)
     start, length = _external_span(tensor, target)
@@ -466,7 +820,8 @@ def _write_data(out, tensor, external: ExternalData) -> int:
 
 def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
     """Write the model in one file without first serializing its weights into memory: the
-    initializers go, each with its data, at the end of the graph's bytes."""
+    initializers go, each with its data, where protobuf puts them (before the graph's fields
+    numbered higher), so that the bytes are those of SerializeToString."""
     entries = []  # (serialized tensor, or one without its data; the tensor when its data follows)
     for tensor in model.graph.initializer:
         if not is_external(tensor):
@@ -480,6 +835,8 @@ def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
     del model.graph.initializer[:]
     whole = model.SerializeToString()
     graph_field, graph_start, graph_end = wire.only_field(whole, 0, len(whole), wire.MODEL_GRAPH)
+    split = next((field_start for number, _, field_start, _, _ in wire.fields(whole, graph_start, graph_end)
+                  if number > wire.GRAPH_INITIALIZER), graph_end)
     heads = []
     for shell, tensor, length in entries:
         data_head = wire.length_delimited(wire.TENSOR_RAW_DATA, length) if tensor is not None else b""
@@ -489,7 +846,7 @@ def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
     with open(path, "wb", buffering=0) as out:
         pending = bytearray(whole[:graph_field])
         pending += wire.length_delimited(wire.MODEL_GRAPH, graph_length)
-        pending += whole[graph_start:graph_end]
+        pending += whole[graph_start:split]
         for head, (_, tensor, length) in zip(heads, entries):
             pending += head
             if tensor is not None:
@@ -497,7 +854,7 @@ def _write_streamed(model: onnx.ModelProto, path: Path, external: ExternalData):
                 pending.clear()
                 if _write_data(out, tensor, external) != length:
                     raise InputError(f"tensor '{tensor.name}' changed size while being written")
-        pending += whole[graph_end:]
+        pending += whole[split:]
         _write_all(out, pending)
 
 

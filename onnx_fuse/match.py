@@ -114,6 +114,9 @@ def batchnorm_affine(graph: Graph, node, channels: int) -> tuple[np.ndarray, np.
         return Refusal("BatchNormalization is in training mode")
     if "is_test" in attrs and attrs["is_test"] == 0 and len([o for o in node.output if o]) > 1:
         return Refusal("BatchNormalization is in training mode (is_test=0)")
+    if graph.opset < 14 and len(node.output) > 1 and "is_test" not in attrs:
+        # before opset 14 the outputs say the mode: declared running statistics mean training
+        return Refusal("BatchNormalization declares its statistics as outputs: training mode before opset 14")
     if attrs.get("spatial", 1) == 0:
         return Refusal("BatchNormalization spatial=0 normalizes per activation, not per channel")
     for extra in node.output[1:]:
@@ -143,7 +146,7 @@ def elementwise_affine(graph: Graph, node, x: str, rank: int, channels: int,
     value = graph.constant(other)
     if value is None:
         return Refusal(f"{node.op_type} operand '{other}' is not a constant")
-    if value.dtype.kind != "f":
+    if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
         return Refusal(f"{node.op_type} operand '{other}' is not floating point")
     vector = per_channel_vector(value, rank, channels, axis)
     if vector is None:

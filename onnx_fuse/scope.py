@@ -31,8 +31,9 @@ def name_hashes(model: onnx.ModelProto) -> np.ndarray:
                 visit_graph(sub)
 
     def visit_graph(graph):
-        for field in (graph.initializer, graph.sparse_initializer, graph.input, graph.output, graph.value_info):
+        for field in (graph.initializer, graph.input, graph.output, graph.value_info):
             add(item.name for item in field)
+        add(sparse.values.name for sparse in graph.sparse_initializer)
         visit_nodes(graph.node)
 
     visit_graph(model.graph)

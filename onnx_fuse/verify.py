@@ -39,6 +39,10 @@ class VerificationError(Exception):
         self.result = result
 
 
+class CannotVerify(InputError):
+    """onnxruntime cannot run the original model on the inputs verification made up for it."""
+
+
 @dataclass
 class VerifyOptions:
     """How `verify` compares the original and the optimized model.
@@ -263,8 +267,8 @@ def random_feeds(sess, seed: int = 0, shapes: dict | None = None, int_values: di
         shape = (shapes or {}).get(arg.name) or [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
         dtype = ORT_TYPES.get(arg.type)
         if dtype is None:
-            raise VerificationError(f"cannot make random data for input '{arg.name}' of type {arg.type}; "
-                                    f"give it with --load-inputs")
+            raise CannotVerify(f"cannot verify: cannot make random data for input '{arg.name}' of type "
+                               f"{arg.type}; give it with --load-inputs")
         if np.dtype(dtype).kind == "f":
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
@@ -314,7 +318,10 @@ def compare(original: onnx.ModelProto, optimized: onnx.ModelProto, *, seed: int 
     precise float type the model computes in (see `compute_dtype`), atol times the output's
     largest magnitude (at least 1); max rel is max abs over that magnitude."""
     options = options or VerifyOptions(seed=seed)
-    reference = session(original, external_folder)
+    try:
+        reference = session(original, external_folder)
+    except Exception as error:
+        raise CannotVerify(f"cannot verify: onnxruntime cannot load the original model ({_first_line(error)})") from None
     input_names = [arg.name for arg in reference.get_inputs()]
     precision = compute_dtype(original)
     default_rtol, default_atol = TOLERANCES[precision]
@@ -342,18 +349,26 @@ def compare(original: onnx.ModelProto, optimized: onnx.ModelProto, *, seed: int 
     result = {"verdict": "PASSED", "max_abs_error": 0.0, "max_rel_error": 0.0, "rtol": rtol, "atol": atol,
               "atol_relative": options.atol is None, "compute_dtype": precision, "trials": len(feed_sets),
               "seed": options.seed, "inputs": described, "outputs": 0, "output": None}
-    candidate = session(optimized, external_folder)
+    try:
+        candidate = session(optimized, external_folder)
+    except Exception as error:
+        raise VerificationError(f"onnxruntime cannot load the optimized model ({_first_line(error)})") from None
     output_names = [arg.name for arg in reference.get_outputs()]
     failure = None
     for trial, feeds in enumerate(feed_sets):
         try:
             expected = reference.run(None, {k: v for k, v in feeds.items() if k in input_names})
-        except Exception as error:  # onnxruntime's own check of the given inputs
+        except Exception as error:  # onnxruntime's own errors have no common base class
             if loaded is None:
-                raise
-            raise InputError(f"{described}: onnxruntime refuses them: {str(error).splitlines()[0]}") from None
+                raise CannotVerify(f"cannot verify: onnxruntime fails on the original model with made-up inputs "
+                                   f"({_first_line(error)}); give real ones (--load-inputs) or the values "
+                                   f"integer inputs take (--int-range)") from None
+            raise InputError(f"{described}: onnxruntime refuses them: {_first_line(error)}") from None
         names = {arg.name for arg in candidate.get_inputs()}
-        actual = candidate.run(None, {k: v for k, v in feeds.items() if k in names})
+        try:
+            actual = candidate.run(None, {k: v for k, v in feeds.items() if k in names})
+        except Exception as error:
+            raise VerificationError(f"onnxruntime fails on the optimized model ({_first_line(error)})") from None
         result["outputs"] = len(expected)
         for index, (e, a) in enumerate(zip(expected, actual)):
             e, a = np.asarray(e), np.asarray(a)
@@ -382,3 +397,8 @@ def compare(original: onnx.ModelProto, optimized: onnx.ModelProto, *, seed: int 
         result.update(verdict="FAILED", output=failure)
         raise VerificationError(verdict_line(result), result)
     return result
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]

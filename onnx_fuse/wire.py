@@ -10,6 +10,9 @@ from __future__ import annotations
 
 MODEL_GRAPH = 7  # ModelProto.graph
 GRAPH_INITIALIZER = 5  # GraphProto.initializer
+GRAPH_INPUT = 11  # GraphProto.input
+GRAPH_OUTPUT = 12  # GraphProto.output
+GRAPH_SPARSE_INITIALIZER = 15  # GraphProto.sparse_initializer
 TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 TENSOR_EXTERNAL_DATA = 13  # TensorProto.external_data
 TENSOR_DATA_LOCATION = 14  # TensorProto.data_location

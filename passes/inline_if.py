@@ -1,6 +1,8 @@
 """inline_if: an If whose condition is a constant is replaced by the nodes of the branch it
 always takes (paddle2onnx writes `if self.alpha:` this way), so that later passes see them.
-Refuses a condition that is not a constant or not a single value.
+The branch's own names that the enclosing graph or any other subgraph in it also uses (names in
+sibling subgraphs may repeat) are renamed. Refuses a condition that is not a constant or not a
+single value.
 """
 
 from __future__ import annotations
@@ -28,6 +30,39 @@ class InlineBranch(Plan):
 
     def takes(self) -> tuple[int, ...]:
         return (self.index,)
+
+
+def all_names(graph, into: set):
+    """Every name a subgraph defines or reads, at any depth."""
+    into.update(t.name for t in graph.initializer)
+    into.update(t.values.name for t in graph.sparse_initializer)
+    for field in (graph.input, graph.output, graph.value_info):
+        into.update(vi.name for vi in field)
+    for node in graph.node:
+        into.update(node.input)
+        into.update(node.output)
+        into.add(node.name)
+        for sub in subgraphs_of(node):
+            all_names(sub, into)
+    return into
+
+
+def names_beside(graph: Graph, branch) -> set:
+    """The tensor and node names of the enclosing graph, and of every subgraph in it but `branch`:
+    once the branch's nodes stand in the enclosing graph, none of its names may be one of these."""
+    names = set(graph.inputs) | set(graph.outputs)
+    container = graph.container
+    if not graph.is_function:
+        names.update(t.name for t in container.initializer)
+        names.update(vi.name for vi in container.value_info)
+    for node in graph.nodes():
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)  # onnxruntime wants node names unique in a graph
+        for sub in subgraphs_of(node):
+            if sub is not branch:
+                all_names(sub, names)
+    return names
 
 
 def rename_reads(nodes, renames: dict):
@@ -61,16 +96,16 @@ class InlineConstantIf(Pass):
         branch = attributes(node)["then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"]
         if len(branch.output) != len(node.output):
             return Refusal("the If branch has a different number of outputs")
-        defined = [t.name for t in branch.initializer] + [out for n in branch.node for out in n.output if out]
-        clash = next((name for name in defined if graph.producer_of(name) is not None
-                      or graph.is_initializer(name) or name in graph.inputs), None)
-        if clash is not None:
-            return Refusal(f"the If branch defines '{clash}', a name the enclosing graph has too")
+        if len(branch.sparse_initializer):
+            return Refusal("the If branch has sparse initializers")
         return InlineBranch(match.index, branch)
 
     def rewrite(self, graph: Graph, match: ConstantIf, plan: InlineBranch):
         node, branch = graph.node(match.index), plan.branch
         produced = {out for n in branch.node for out in n.output}
+        taken = names_beside(graph, branch)
+        local = [t.name for t in branch.initializer] + [out for n in branch.node for out in n.output if out]
+        clashes = {name: graph.fresh_name(name) for name in local if name in taken}
         renames, identities = {}, []
         for inner, outer in zip(branch.output, node.output):
             if not outer:
@@ -78,8 +113,10 @@ class InlineConstantIf(Pass):
             if inner.name in produced and inner.name not in renames:
                 renames[inner.name] = outer
             else:
-                identities.append(helper.make_node("Identity", [renames.get(inner.name, inner.name)], [outer],
-                                                   name=graph.fresh_name(f"{outer}_inlined")))
+                identities.append(helper.make_node("Identity", [renames.get(inner.name, clashes.get(inner.name,
+                                                                                                  inner.name))],
+                                                   [outer], name=graph.fresh_name(f"{outer}_inlined")))
+        renames = {**clashes, **renames}
         nodes = []
         for original in branch.node:
             copy = helper.make_node(original.op_type, [], [])
@@ -87,9 +124,16 @@ class InlineConstantIf(Pass):
             for slot, name in enumerate(copy.output):
                 if name in renames:
                     copy.output[slot] = renames[name]
+            if copy.name and copy.name in taken:
+                copy.name = graph.fresh_name(copy.name)
             nodes.append(copy)
         rename_reads(nodes, renames)
         for tensor in branch.initializer:
+            if tensor.name in renames:
+                renamed = type(tensor)()
+                renamed.CopyFrom(tensor)
+                renamed.name = renames[tensor.name]
+                tensor = renamed
             graph.add_tensor(tensor)
         if nodes + identities:
             graph.replace_with_nodes(match.index, nodes + identities)

@@ -116,7 +116,7 @@ def test_never_overwrites_the_inputs_data_file(folders):
     source, _ = folders
     model = conv_bn_chain(source, 1, 8)
     data_before = (source / "weights.bin").read_bytes()
-    with pytest.raises(onnx_fuse.InputError, match="holds the input's external data"):
+    with pytest.raises(onnx_fuse.InputError, match="would overwrite external data of"):
         onnx_fuse.optimize_file(model, source / "fused.onnx", external_data="weights.bin")
     assert (source / "weights.bin").read_bytes() == data_before
     assert sorted(p.name for p in source.iterdir()) == ["model.onnx", "weights.bin"]
@@ -157,3 +157,45 @@ def test_model_over_2gb(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["big.onnx", "big.onnx.data"]
     assert op_counts(onnx.load(str(target / "big.onnx"), load_external_data=False)) == {"Conv": 4}
     assert_same_outputs(model, target / "big.onnx", 4000)
+
+
+def test_small_tensors_in_external_data_come_inline_where_onnxruntime_needs_them(tmp_path):
+    """A Loop body whose Reshape reads a shape held in external data (every tensor saved there):
+    onnxruntime cannot infer shapes from it. The output keeps only tensors of the threshold and
+    more in its data file, so onnxruntime loads and runs it."""
+    rng = np.random.default_rng(2)
+    c = 8
+    body_inits = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in [
+        (rng.normal(0, .2, (c, c, 3, 3)), "w"), (rng.uniform(.5, 1.5, c), "s"), (rng.normal(0, .5, c), "b"),
+        (rng.normal(0, .5, c), "m"), (rng.uniform(.5, 2, c), "v")]]
+    body_inits.append(numpy_helper.from_array(np.array([1, c, 5, 5], np.int64), "shape"))
+    body = helper.make_graph([
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        helper.make_node("Conv", ["xin", "w"], ["cv"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["cv", "s", "b", "m", "v"], ["bn"]),
+        helper.make_node("Reshape", ["bn", "shape"], ["xout"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("xin", TensorProto.FLOAT, [1, c, 5, 5])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("xout", TensorProto.FLOAT, [1, c, 5, 5])], body_inits)
+    graph = helper.make_graph([helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])],
+                              [numpy_helper.from_array(np.array(2, np.int64), "trips")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((1, c, 5, 5)).astype(np.float32)}
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, str(plain))
+    expected = run_from_path(plain, feeds)[0]
+    source = tmp_path / "in.onnx"
+    onnx.save(model, str(source), save_as_external_data=True, all_tensors_to_one_file=True, location="in.data",
+              size_threshold=0)
+    report = onnx_fuse.optimize_file(source, tmp_path / "out.onnx")
+    assert report.passes["conv_bn"].rewrites == 1
+    written = onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
+    shape = next(t for t in written.graph.node[0].attribute[0].g.initializer if t.name == "shape")
+    assert not onnx_fuse.io.is_external(shape)
+    actual = run_from_path(tmp_path / "out.onnx", feeds)[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)

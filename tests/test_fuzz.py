@@ -1,23 +1,32 @@
 """Property-based fuzzing of every pass at once: random graphs of Conv, ConvTranspose,
-BatchNormalization, Gemm, MatMul, Add/Sub/Mul/Div, Relu, AveragePool, Transpose, Concat, Flatten
-and Identity, with If branches and local functions, mixing patterns that fold (Conv/Gemm -> BN or
-affine, BN -> unpadded Conv/Gemm, sums of conv branches) with near-misses that must not (padded
-Conv after BN, constants along the wrong axis or that broadcast, shared intermediates, graph
-outputs, overridable initializers, attributes that refer to a function's).
+BatchNormalization, Gemm, MatMul, Add/Sub/Mul/Div, Sum, Relu, AveragePool, Transpose, Concat,
+Flatten and Identity, with If branches, Loop bodies and local functions, mixing patterns that fold
+(Conv/Gemm -> BN or affine, BN -> unpadded Conv/Gemm, sums of conv branches) with near-misses that
+must not (padded Conv after BN, constants along the wrong axis or that broadcast, shared
+intermediates, graph outputs, overridable initializers, attributes that refer to a function's,
+BatchNormalization with its training outputs declared), in float32, float16 and bfloat16, IR 3 to
+10; sibling subgraphs that repeat each other's local names, sparse initializers, weights in
+float_data, Sum/Add of a tensor with itself.
 
 Graphs are valid by construction: the generator tracks the shape of every tensor and only draws
 attributes that fit it. Every example must leave its input untouched, come out valid
 (check_model full_check), run in onnxruntime (ORT_DISABLE_ALL), compute the same outputs (with
-overridable initializers fed other values than their defaults) and be a fixed point (optimizing
-the result again changes no byte). CI runs a bounded, derandomized number of examples;
-`python benchmarks/fuzz.py --examples 5000` runs many more with the same strategy.
+overridable initializers fed other values than their defaults), be a fixed point (optimizing
+the result again changes no byte), and come out of optimize_file with the same bytes (from a
+plain file, with every weight left in it, and from external data, run from its path).
+CI runs a bounded, derandomized number of examples; `python benchmarks/fuzz.py --examples 100000`
+runs many more with the same strategy.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -27,13 +36,14 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import onnx_fuse
+from onnx_fuse import io
 
-ELEM_TYPES = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+ELEM_TYPES = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16, ml_dtypes.bfloat16: TensorProto.BFLOAT16}
 # (rtol, atol); atol is scaled by the largest magnitude of the output. Fuzz graphs are deeper than
 # the unit tests' graphs, so rounding differences between folded and unfolded maths add up.
-TOLERANCE = {np.float32: (1e-4, 1e-5), np.float16: (2e-2, 1e-2)}
+TOLERANCE = {np.float32: (1e-4, 1e-5), np.float16: (2e-2, 1e-2), ml_dtypes.bfloat16: (1e-1, 5e-2)}
 
-CI_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None, print_blob=False,
+CI_SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None, print_blob=False,
                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # How a float constant is written: the engine must see through all of these, and must not treat an
@@ -78,7 +88,9 @@ class GraphFuzzer:
     def __init__(self, draw):
         self.draw = draw
         self.opset = self.int(11, 21)
-        self.dtype = np.float16 if self.flag(25) else np.float32
+        # bfloat16 Constant, Gemm and BatchNormalization from opset 15 on, If from 16
+        bfloat16 = [ml_dtypes.bfloat16] if self.opset >= 16 else []
+        self.dtype = self.choice([np.float32] * 6 + [np.float16] * 2 + bfloat16)
         self.elem = ELEM_TYPES[self.dtype]
         default_ir = min(onnx.IR_VERSION, 8 if self.opset <= 17 else 10)
         self.ir_version = self.choice([default_ir] * 6 + [4, 3]) if self.opset <= 17 else default_ir
@@ -91,6 +103,9 @@ class GraphFuzzer:
         self.scope = "graph"  # or "subgraph" (an If branch) or "function" (a local function body)
         self.function_attributes: dict = {}
         self.count = 0
+        self.local_count = None  # counting names in a subgraph whose names its siblings may repeat
+        self.sparse: list = []  # sparse initializers of the main graph
+        self.convolves = self.dtype is not ml_dtypes.bfloat16  # no bfloat16 Conv in onnx's reference either
 
     # ---- drawing --------------------------------------------------------------------------
     def int(self, lo, hi) -> int:
@@ -105,6 +120,9 @@ class GraphFuzzer:
         return self.draw(st.sampled_from(list(options)))
 
     def fresh(self, hint) -> str:
+        if self.local_count is not None:  # names local to a subgraph: its siblings may use them too
+            self.local_count += 1
+            return f"{hint}_l{self.local_count}"
         self.count += 1
         return f"{hint}{self.count}"
 
@@ -130,7 +148,13 @@ class GraphFuzzer:
         return tensor
 
     def initializer(self, values, name):
-        self.inits.append(numpy_helper.from_array(np.asarray(values), name))
+        values = np.asarray(values)
+        if values.dtype in (np.float32, np.float16) and values.size and self.flag(8):
+            # in float_data (float16: int32_data), as some exporters write weights
+            self.inits.append(helper.make_tensor(name, ELEM_TYPES[values.dtype.type], values.shape,
+                                                 values.reshape(-1), raw=False))
+        else:
+            self.inits.append(numpy_helper.from_array(values, name))
         return name
 
     def graph_input(self, shape, hint="x") -> Tensor:
@@ -221,7 +245,32 @@ class GraphFuzzer:
         attrs = {"epsilon": self.choice([1e-5, 1e-3, 1e-2])}
         if self.opset >= 14 and self.flag(20):
             attrs["training_mode"] = 0
-        return self.add(self.node("BatchNormalization", [x.name] + params, **attrs), x.shape)
+        out = self.node("BatchNormalization", [x.name] + params, **attrs)
+        if self.opset < 14 and self.flag(5):
+            # its statistics declared as outputs, unread: before opset 14 that is training mode
+            self.nodes[-1].output.extend(self.fresh("statistic") for _ in range(4))
+        return self.add(out, x.shape)
+
+    def sparse_add(self, x):
+        """Add of a sparse initializer (main graph, IR 6 on): valid ONNX that must pass through."""
+        if self.scope != "graph" or self.ir_version < 6 or self.dtype != np.float32:
+            return self.affine(x)
+        shape = x.shape if self.flag(50) else (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
+        size = int(np.prod(shape))
+        count = self.int(1, size)
+        indices = np.sort(self.rng.choice(size, count, replace=False)).astype(np.int64)
+        name = self.fresh("sparse")
+        values = numpy_helper.from_array(self.rng.normal(0, 1, count).astype(np.float32), name)
+        self.sparse.append(helper.make_sparse_tensor(values, numpy_helper.from_array(indices, name + "_indices"),
+                                                     list(shape)))
+        operands = [x.name, name] if self.flag(50) else [name, x.name]
+        return self.add(self.node("Add", operands), x.shape)
+
+    def self_sum(self, x):
+        """Sum or Add of a tensor with itself."""
+        if self.flag(50):
+            return self.add(self.node("Sum", [x.name] * self.int(2, 3)), x.shape)
+        return self.add(self.node("Add", [x.name, x.name]), x.shape)
 
     def affine_constant_shape(self, x: Tensor, keep_shape: bool) -> tuple:
         """The shape of a constant for Mul/Add/Sub/Div of x: per-channel, or a near-miss."""
@@ -555,6 +604,15 @@ class GraphFuzzer:
             total = self.batchnorm(total)
         return total
 
+    def forward_fold_beside_sum(self, x):
+        """A BN or per-channel affine read by an unpadded Conv (bn_conv folds forward only when
+        it is the sole reader) and by a sum of branches."""
+        shape = (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
+        y = self.batchnorm(x) if self.flag(50) else self.affine(x, finite=True, keep_shape=True, shape=shape)
+        if self.flag(60):
+            self.conv(y, pads_mode=self.choice(["none", "VALID"]))
+        return self.branch_sum(y)
+
     def layout_branch(self, x):
         """tf2onnx's NHWC identity branch: Transpose(affine(s)) + Conv(Transpose(s)), s in NHWC."""
         rank = len(x.shape)
@@ -601,14 +659,17 @@ class GraphFuzzer:
                                            then_branch=branches[0], else_branch=branches[1]))
         return self.add(out, x.shape)
 
-    def branch_graph(self, x, kind) -> onnx.GraphProto:
-        """A subgraph computing a tensor of x's shape from x (read from the enclosing graph)."""
-        saved = self.nodes, self.inits, len(self.tensors), self.shared_weights
+    def branch_graph(self, x, kind, formal_inputs=(), extra_outputs=()) -> onnx.GraphProto:
+        """A subgraph computing a tensor of x's shape from x (read from the enclosing graph, or
+        one of `formal_inputs`). Its names are often local ones that other subgraphs repeat."""
+        saved = self.nodes, self.inits, len(self.tensors), self.shared_weights, self.local_count
         self.shared_weights = {shape: list(names) for shape, names in self.shared_weights.items()}
         self.nodes, self.inits, self.scope = [], [], "subgraph"
+        if self.flag(50):
+            self.local_count = 0
         y = x
         for _ in range(self.int(1, 3)):
-            step = self.choice(["batchnorm", "conv", "affine", "relu"] if len(x.shape) >= 3
+            step = self.choice(["batchnorm", "conv", "affine", "relu"] if len(x.shape) >= 3 and self.convolves
                                else ["batchnorm", "affine", "relu"])
             if step == "conv":
                 y = self.conv(y, keep_shape=True)
@@ -617,12 +678,39 @@ class GraphFuzzer:
                                 shape=(1, x.shape[1]) + (1,) * (len(x.shape) - 2) if self.flag(60) else None)
             else:
                 y = getattr(self, step)(y)
-        graph = helper.make_graph(self.nodes, self.fresh(f"{kind}_branch"), [],
-                                  [helper.make_tensor_value_info(y.name, self.elem, list(y.shape))], self.inits)
-        self.nodes, self.inits, count, self.shared_weights = saved
+        outputs = [helper.make_tensor_value_info(y.name, self.elem, list(y.shape))]
+        graph = helper.make_graph(self.nodes, self.fresh(f"{kind}_branch"), list(formal_inputs),
+                                  list(extra_outputs) + outputs, self.inits)
+        self.nodes, self.inits, count, self.shared_weights, self.local_count = saved
         del self.tensors[count:]  # what the branch computed is not visible outside it
         self.scope = "graph"
         return graph
+
+    def loop(self, x):
+        """A Loop of a few iterations carrying a tensor of x's shape through linear steps (the
+        passes fold inside the body; its names often repeat those of other subgraphs)."""
+        if self.scope != "graph" or self.dtype is ml_dtypes.bfloat16:  # Loop carries no bfloat16 before opset 21
+            return self.relu(x)
+        saved_count = self.local_count
+        self.local_count = 0 if self.flag(50) else None
+        iteration, condition = self.fresh("iter"), self.fresh("cond_in")
+        carried = self.fresh("carried")
+        self.local_count = saved_count
+        condition_out = self.fresh("cond_out")
+        formal = [helper.make_tensor_value_info(iteration, TensorProto.INT64, []),
+                  helper.make_tensor_value_info(condition, TensorProto.BOOL, []),
+                  helper.make_tensor_value_info(carried, self.elem, list(x.shape))]
+        count = len(self.tensors)
+        inner = self.add(carried, x.shape)
+        body_extra = [helper.make_tensor_value_info(condition_out, TensorProto.BOOL, [])]
+        body = self.branch_graph(inner, "loop", formal, body_extra)
+        body.node.insert(0, helper.make_node("Identity", [condition], [condition_out]))
+        del self.tensors[count:]
+        trips = self.fresh("trips")
+        self.initializer(np.array(self.int(1, 3), dtype=np.int64), trips)
+        out = self.fresh("loop")
+        self.nodes.append(helper.make_node("Loop", [trips, "", x.name], [out], name=self.node_name("Loop"), body=body))
+        return self.add(out, x.shape)
 
     def local_function(self, x):
         """A model-local function computing a few linear steps and their folds from x: the passes
@@ -636,8 +724,10 @@ class GraphFuzzer:
         formal = self.add(self.fresh("fx"), x.shape)
         y = formal
         for _ in range(self.int(1, 3)):
-            if len(x.shape) >= 3:
+            if len(x.shape) >= 3 and self.convolves:
                 step = self.choice(["conv", "batchnorm", "affine", "relu", "branch_sum"])
+            elif len(x.shape) >= 3:
+                step = self.choice(["batchnorm", "affine", "relu"])
             else:
                 step = self.choice(["gemm", "batchnorm", "affine", "relu"])
             y = self.affine(y, finite=True, keep_shape=True) if step == "affine" else getattr(self, step)(y)
@@ -658,12 +748,14 @@ class GraphFuzzer:
     IMAGE_OPS = (["conv"] * 5 + ["batchnorm"] * 3 + ["affine"] * 4 + ["branch_sum"] * 3 + ["affine_into_linear"] * 2
                  + ["conv_transpose"] * 3 + ["relu", "identity", "average_pool", "transpose", "concat", "binary",
                                             "flatten", "matmul", "layout_branch", "divide_conv", "constant_if",
-                                            "local_function"])
+                                            "local_function", "loop", "sparse_add", "self_sum", "constant_if",
+                                            "forward_fold_beside_sum"])
     MATRIX_OPS = (["gemm"] * 3 + ["matmul"] * 2 + ["batchnorm"] * 2 + ["affine"] * 3 + ["affine_into_linear"] * 3
-                  + ["relu", "identity", "transpose", "concat", "binary", "constant_if", "local_function"])
+                  + ["relu", "identity", "transpose", "concat", "binary", "constant_if", "local_function", "loop",
+                     "sparse_add", "self_sum"])
 
     def build(self) -> Case:
-        if self.flag(80):
+        if self.dtype is not ml_dtypes.bfloat16 and self.flag(80):  # bfloat16: Gemm, MatMul, BN, affine
             rank = self.choice([4, 3, 5])
             c = self.int(1, 8)
             spatial = [self.int(1, 5 if rank == 5 else 8) for _ in range(rank - 2)]
@@ -673,7 +765,7 @@ class GraphFuzzer:
         if not self.tensors or self.flag(35):
             self.graph_input([self.int(1, 3), self.int(1, 8)])
         last = None
-        max_steps = 6 if self.dtype == np.float16 else 16
+        max_steps = 16 if self.dtype == np.float32 else 6
         for _ in range(self.int(3, max_steps)):
             x = self.pick(last)
             rank = len(x.shape)
@@ -681,7 +773,7 @@ class GraphFuzzer:
                 ops = ("relu", "identity", "binary", "flatten")
             elif rank == 2:
                 ops = self.MATRIX_OPS
-            elif rank <= 5:
+            elif rank <= 5 and self.convolves:
                 ops = self.IMAGE_OPS
             else:
                 ops = ("relu", "identity", "affine", "transpose", "binary", "flatten")
@@ -700,6 +792,7 @@ class GraphFuzzer:
         graph = helper.make_graph(self.nodes, "fuzz", list(self.inputs),
                                   [helper.make_tensor_value_info(t.name, self.elem, list(t.shape)) for t in outputs],
                                   self.inits)
+        graph.sparse_initializer.extend(self.sparse)
         if self.ir_version < 4:  # IR 3 lists every initializer among the graph inputs
             graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in self.inits)
         opsets = [helper.make_opsetid("", self.opset)]
@@ -708,7 +801,8 @@ class GraphFuzzer:
         model = helper.make_model(graph, opset_imports=opsets, functions=self.functions)
         model.ir_version = self.ir_version
         if self.flag(30):  # the shapes of intermediates, as exporters record them
-            model.graph.value_info.extend(onnx.shape_inference.infer_shapes(model).graph.value_info)
+            model.graph.value_info.extend(vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info
+                                          if vi.type.tensor_type.elem_type)  # none beside a sparse Add
         return model
 
 
@@ -803,6 +897,8 @@ def run_both(original, optimized, feeds):
     """Outputs of both models in onnxruntime (no ORT optimizations); onnx's reference evaluator
     for both only when onnxruntime has no kernel for the original."""
     try:
+        if any(v.dtype == ml_dtypes.bfloat16 for v in feeds.values()):  # no bfloat16 kernels on the CPU
+            raise ort.capi.onnxruntime_pybind11_state.NotImplemented()
         expected = session(original).run(None, feeds)
     except ort.capi.onnxruntime_pybind11_state.NotImplemented:
         return ReferenceEvaluator(original).run(None, feeds), ReferenceEvaluator(optimized).run(None, feeds)
@@ -827,12 +923,84 @@ def assert_close(expected, actual, dtype):
         np.testing.assert_allclose(a64, e64, rtol=rtol, atol=atol * scale, err_msg=f"output {index}")
 
 
-def check_optimization(case: Case, log=note):
+def densify(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    values = numpy_helper.to_array(sparse.values)
+    dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+    dense[numpy_helper.to_array(sparse.indices).reshape(-1)] = values
+    return numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name)
+
+
+def full_check(model: onnx.ModelProto):
+    """onnx.checker's full check; sparse initializers are shown to its shape inference as the dense
+    tensors they stand for (it has no sparse types for Add), after a plain check as they are."""
+    if model.graph.sparse_initializer:
+        onnx.checker.check_model(model)
+        dense = onnx.ModelProto()
+        dense.CopyFrom(model)
+        dense.graph.initializer.extend(densify(sparse) for sparse in dense.graph.sparse_initializer)
+        del dense.graph.sparse_initializer[:]
+        model = dense
+    onnx.checker.check_model(model, full_check=True)
+
+
+@contextmanager
+def weights_left_in_files_from(size: int):
+    """optimize_file leaves initializers of `size` bytes and more in the input's files."""
+    saved = io.LARGE_TENSOR_BYTES
+    io.LARGE_TENSOR_BYTES = size
+    try:
+        yield
+    finally:
+        io.LARGE_TENSOR_BYTES = saved
+
+
+def check_file_path(model: onnx.ModelProto, data: bytes, feeds: dict, expected, dtype):
+    """optimize_file gives the in-memory path's bytes: from a plain file (with the large weights,
+    or every weight, left in it while the passes run), and from a file with every weight in
+    external data (the output then has its own, which onnxruntime must load and run alike)."""
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        source = folder / "in.onnx"
+        source.write_bytes(model.SerializeToString())
+        for size in (io.LARGE_TENSOR_BYTES, 16):
+            with weights_left_in_files_from(size):
+                onnx_fuse.optimize_file(source, folder / "out.onnx")
+            assert (folder / "out.onnx").read_bytes() == data, \
+                f"optimize_file (weights of {size} bytes and more left in the file) differs from optimize"
+        external = folder / "external"
+        external.mkdir()
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save(copy, str(external / "in.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="in.data", size_threshold=0)
+        with weights_left_in_files_from(16):
+            onnx_fuse.optimize_file(external / "in.onnx", external / "out.onnx")
+        written = onnx.load(str(external / "out.onnx"))
+        for tensor in io.all_tensors(written):
+            tensor.ClearField("data_location")
+        assert written.SerializeToString() == data, "optimize_file with external data differs from optimize"
+        if dtype is ml_dtypes.bfloat16:
+            return
+        try:
+            actual = session_from_path(external / "out.onnx").run(None, feeds)
+        except ort.capi.onnxruntime_pybind11_state.NotImplemented:
+            return
+        assert_close(expected, actual, dtype)
+
+
+def session_from_path(path: Path):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_optimization(case: Case, log=note, file_path: bool = True):
     """Every property the engine promises, for one model. `log` records what a failure report
     shows (hypothesis's `note` prints it with the failing example)."""
     model = case.model
     log("original:\n" + describe(model))
-    onnx.checker.check_model(model, full_check=True)  # the generator's own invariant
+    full_check(model)  # the generator's own invariant
     before = model.SerializeToString()
     result, report = onnx_fuse.optimize_with_report(model)
     log("optimized:\n" + describe(result))
@@ -841,12 +1009,14 @@ def check_optimization(case: Case, log=note):
     data = result.SerializeToString()
     if report.rewrites == 0:
         assert data == before, "nothing was rewritten, yet the model changed"
-    onnx.checker.check_model(result, full_check=True)
+    full_check(result)
     again = onnx_fuse.optimize(result)
     assert again.SerializeToString() == data, "optimizing the result again changed it"
     feeds = random_feeds(model, case.seed)
     expected, actual = run_both(model, result, feeds)
     assert_close(expected, actual, case.dtype)
+    if file_path:
+        check_file_path(model, data, feeds, expected, case.dtype)
     return report
 
 

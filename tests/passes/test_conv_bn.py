@@ -144,6 +144,33 @@ def test_refuse_training_mode():
     assert_unchanged(conv_bn_model(opset=15, bn_attrs={"training_mode": 1}), "training mode")
 
 
+def bn_with_statistics_outputs(opset, outputs=5):
+    """BatchNormalization declaring its running and saved statistics as outputs, none of them read."""
+    model = conv_bn_model(opset=opset)
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.output.extend(f"statistic{i}" for i in range(outputs - 1))
+    return model
+
+
+@pytest.mark.parametrize("opset", [7, 9, 13])
+def test_refuse_batchnorm_with_statistics_outputs_before_opset_14(opset):
+    """Before opset 14 the number of outputs is the mode: with its statistics declared, even if
+    unread, BatchNormalization normalizes by the batch's own statistics (onnxruntime too)."""
+    model = bn_with_statistics_outputs(opset)
+    assert_unchanged(model, "training mode")
+    result, _ = optimize(model)
+    assert_same_function(model, result)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 13])
+def test_fold_batchnorm_without_statistics_outputs_before_opset_14(opset):
+    """The twin: with only Y declared, the same node is in inference mode and folds."""
+    model = bn_with_statistics_outputs(opset, outputs=1)
+    result, _ = optimize(model)
+    assert op_counts(result) == {"Conv": 1}
+    assert_same_function(model, result)
+
+
 def test_refuse_spatial_zero():
     assert_unchanged(conv_bn_model(opset=7, bn_attrs={"spatial": 0}), "spatial=0")
 

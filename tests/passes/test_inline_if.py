@@ -1,7 +1,10 @@
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
-from support import ModelBuilder, assert_same_function, assert_unchanged, op_counts, optimize
+from support import ModelBuilder, assert_same_function, assert_unchanged, op_counts, optimize, random_inputs
+
+import onnx_fuse
 
 
 def if_model(condition_is_constant=True, value=True):
@@ -37,10 +40,53 @@ def test_refuse_condition_that_is_an_input():
     assert_unchanged(if_model(condition_is_constant=False), "is not a constant", passes=["inline_if"])
 
 
-def test_refuse_branch_names_that_clash_with_the_graph():
+def test_a_branch_that_redefines_an_outer_name_is_an_invalid_input():
     model = if_model()
     then_graph = next(a.g for a in model.graph.node[-2].attribute if a.name == "then_branch")
     clash = model.graph.node[0].output[0]  # the Cast's output, in the enclosing graph
     then_graph.node[0].output[0] = clash
     then_graph.node[1].input[0] = clash
-    assert_unchanged(model, "a name the enclosing graph has too", passes=["inline_if"])
+    with pytest.raises(onnx_fuse.InputError, match="not a valid model"):
+        onnx_fuse.optimize(model)
+
+
+def two_ifs_reusing_names(second_constant: bool):
+    """Two Ifs whose branches use the same local names (valid: sibling subgraphs may repeat
+    names): once the first is inlined its names stand in the main graph, beside the second's."""
+    model = if_model()
+    first = model.graph.node[-2]
+    for attr in first.attribute:  # node names too: onnxruntime wants them unique within a graph
+        for index, inner in enumerate(attr.g.node):
+            inner.name = f"{attr.name}_node{index}"
+    second = onnx.NodeProto()
+    second.CopyFrom(first)
+    second.output[0] = "second_if"
+    second.name = "second"
+    if not second_constant:
+        model.graph.input.append(helper.make_tensor_value_info("cond2", onnx.TensorProto.BOOL, []))
+        second.input[0] = "cond2"
+    model.graph.node.insert(len(model.graph.node) - 1, second)
+    relu = model.graph.node[-1]
+    model.graph.node.append(helper.make_node("Add", [relu.output[0], "second_if"], ["sum_out"]))
+    model.graph.output[0].name = "sum_out"
+    return model
+
+
+@pytest.mark.parametrize("second_constant", [True, False])
+def test_inlined_names_that_a_sibling_subgraph_uses_are_renamed(second_constant):
+    model = two_ifs_reusing_names(second_constant)
+    onnx.checker.check_model(model, full_check=True)
+    result, report = optimize(model, passes=["inline_if"])
+    assert report.passes["inline_if"].rewrites == (2 if second_constant else 1)
+    onnx.checker.check_model(result, full_check=True)  # SSA: no name defined twice across scopes
+    feeds = {"cond2": np.array(True)} if not second_constant else None
+    assert_same_function(model, result, feeds=feeds and {**random_inputs(model), **feeds})
+    names = [out for node in result.graph.node for out in node.output]
+    assert len(names) == len(set(names))
+    node_names = [node.name for node in result.graph.node if node.name]
+    assert len(node_names) == len(set(node_names))
+
+
+def test_inlined_names_that_do_not_clash_keep_their_names():
+    result, _ = optimize(if_model(), passes=["inline_if"])
+    assert "t0" in {out for node in result.graph.node for out in node.output}

@@ -1,4 +1,3 @@
-import numpy as np
 import onnx
 import pytest
 from support import ModelBuilder, assert_same_function, assert_unchanged, op_counts, optimize

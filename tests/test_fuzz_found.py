@@ -1,0 +1,163 @@
+"""Plain tests for what the fuzzer (tests/test_fuzz.py, benchmarks/fuzz.py) found."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from support import assert_same_function, op_counts
+
+import onnx_fuse
+
+
+def conv_bn_loop(ir_version: int) -> onnx.ModelProto:
+    """A Loop whose body folds a Conv -> BN; before IR 4 its constants are Constant nodes."""
+    rng = np.random.default_rng(0)
+    c = 4
+    values = [(rng.normal(0, .3, (c, c, 3, 3)), "w"), (rng.uniform(.5, 1.5, c), "s"), (rng.normal(0, .5, c), "b"),
+              (rng.normal(0, .5, c), "m"), (rng.uniform(.5, 2, c), "v")]
+    tensors = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in values]
+    nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Conv", ["xin", "w"], ["cv"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["cv", "s", "b", "m", "v"], ["xout"], name="bn")]
+    if ir_version < 4:
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in tensors] + nodes
+        tensors = []
+    body = helper.make_graph(nodes, "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                                             helper.make_tensor_value_info("xin", TensorProto.FLOAT, [1, c, 5, 5])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("xout", TensorProto.FLOAT, [1, c, 5, 5])], tensors)
+    trips = numpy_helper.from_array(np.array(2, np.int64), "trips")
+    graph = helper.make_graph([helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])], [trips])
+    if ir_version < 4:
+        graph.input.append(helper.make_tensor_value_info("trips", TensorProto.INT64, []))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = ir_version
+    return model
+
+
+def test_a_fold_in_a_subgraph_before_ir_4_makes_constant_nodes():
+    """Before IR 4 every initializer must be a graph input, which a Loop body cannot grow: the
+    folded weights are Constant nodes there."""
+    model = conv_bn_loop(3)
+    result = onnx_fuse.optimize(model)
+    body = result.graph.node[0].attribute[0].g
+    assert len(body.initializer) == 0 and op_counts(onnx.helper.make_model(body)) == {
+        "Constant": 2, "Identity": 1, "Conv": 1}
+    assert_same_function(model, result)  # runs the full checker
+    assert onnx_fuse.optimize(result).SerializeToString() == result.SerializeToString()
+
+
+def test_a_fold_in_a_subgraph_from_ir_4_makes_initializers():
+    model = conv_bn_loop(8)
+    result = onnx_fuse.optimize(model)
+    body = result.graph.node[0].attribute[0].g
+    assert {n.op_type for n in body.node} == {"Identity", "Conv"} and len(body.initializer) == 2
+    assert_same_function(model, result)
+
+
+def test_the_file_path_writes_the_bytes_of_the_memory_path_with_a_new_large_weight(tmp_path):
+    """A weight of 64 KB and more made by a fold (a merge here: the weight is new) is held until
+    the output is written, streamed into the file where protobuf puts initializers."""
+    rng = np.random.default_rng(1)
+    c = 48
+    inits = [numpy_helper.from_array((rng.normal(0, .1, (c, c, 3, 3))).astype(np.float32), "w3"),
+             numpy_helper.from_array((rng.normal(0, .1, (c, c, 1, 1))).astype(np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w1"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "in.onnx"
+    onnx.save(model, str(source))
+    report = onnx_fuse.optimize_file(source, tmp_path / "out.onnx")
+    assert report.passes["merge_branches"].rewrites == 1
+    assert (tmp_path / "out.onnx").read_bytes() == onnx_fuse.optimize(model).SerializeToString()
+
+
+def test_a_bfloat16_chain_after_gemm_folds_at_least_as_accurately_as_it_runs():
+    """Gemm -> Mul -> BN -> Mul in bfloat16 folds into the one Gemm (a bfloat16 Mul constant is
+    floating point), and the folded Gemm is no farther from the float64 result than the original
+    chain computed in bfloat16 (onnx's reference evaluator: onnxruntime has no bfloat16 Gemm)."""
+    import ml_dtypes
+    from onnx.reference import ReferenceEvaluator
+
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(3)
+    k, n = 5, 6
+
+    def tensor(values, name):
+        return numpy_helper.from_array(np.asarray(values).astype(bf16), name)
+
+    inits = [tensor(rng.normal(0, .5, (k, n)), "w"), tensor(rng.normal(0, .5, n), "c"),
+             tensor(rng.uniform(.5, 1.5, (1, n)), "k1"), tensor(rng.uniform(.5, 1.5, n), "s"),
+             tensor(rng.normal(0, .5, n), "b"), tensor(rng.normal(0, .5, n), "m"), tensor(rng.uniform(.1, 2, n), "v"),
+             tensor(-rng.uniform(.5, 1.5, (1, n)), "k2")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["g"], alpha=0.75),
+             helper.make_node("Mul", ["g", "k1"], ["y1"]),
+             helper.make_node("BatchNormalization", ["y1", "s", "b", "m", "v"], ["y2"], epsilon=1e-3),
+             helper.make_node("Mul", ["k2", "y2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [3, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnx_fuse.optimize(model)
+    assert op_counts(result) == {"Gemm": 1}
+    onnx.checker.check_model(result, full_check=True)
+    exact_model = onnx.ModelProto()
+    exact_model.CopyFrom(model)
+    for t in exact_model.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in list(exact_model.graph.input) + list(exact_model.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    x = rng.standard_normal((3, k)).astype(bf16)
+    exact = ReferenceEvaluator(exact_model).run(None, {"x": x.astype(np.float64)})[0]
+    original = ReferenceEvaluator(model).run(None, {"x": x})[0].astype(np.float64)
+    folded = ReferenceEvaluator(result).run(None, {"x": x})[0].astype(np.float64)
+    scale = max(1.0, float(np.abs(exact).max()))
+    assert np.abs(folded - exact).max() <= max(np.abs(original - exact).max(), 2 ** -8 * scale)
+
+
+def test_sibling_subgraphs_with_one_weight_name_through_external_data(tmp_path):
+    """Both branches of an If call their (large) weight 'w', as siblings may: the folded one goes
+    to the output's data file, the other is copied from the input's; neither is taken for the
+    other."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(4)
+    c = 48  # 48x48x3x3 float32: 81 KB, a weight the file path keeps out of memory
+
+    def branch(name, fold):
+        w = numpy_helper.from_array((rng.normal(0, .1, (c, c, 3, 3))).astype(np.float32), "w")
+        stats = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in
+                 [(rng.uniform(.5, 1.5, c), "s"), (rng.normal(0, .5, c), "b"), (rng.normal(0, .5, c), "m"),
+                  (rng.uniform(.5, 2, c), "v")]]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["t0"], pads=[1, 1, 1, 1])]
+        if fold:
+            nodes.append(helper.make_node("BatchNormalization", ["t0", "s", "b", "m", "v"], ["t1"]))
+        out = "t1" if fold else "t0"
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                                                  [1, c, 4, 4])],
+                                 [w] + (stats if fold else []))
+
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", True),
+                            else_branch=branch("else", False))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "in.onnx"
+    onnx.save(model, str(source), save_as_external_data=True, location="in.data", size_threshold=1024)
+    report = onnx_fuse.optimize_file(source, tmp_path / "out.onnx")
+    assert report.passes["conv_bn"].rewrites == 1
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = rng.standard_normal((1, c, 4, 4)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        expected = ort.InferenceSession(str(source), options).run(None, feeds)[0]
+        actual = ort.InferenceSession(str(tmp_path / "out.onnx"), options).run(None, feeds)[0]
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
