@@ -79,7 +79,13 @@ def load_path(path: Path, lazy: bool = False) -> onnx.ModelProto:
     # external data lies beside the path as given, a symlink's own folder (as onnx and onnxruntime read it)
     folder = path.absolute().parent
     for tensor in external_tensors(model):
-        external_file(tensor, folder, str(path))
+        try:
+            external_file(tensor, folder, str(path))
+        except InputError as error:
+            if path.is_symlink() and "is missing" in str(error):
+                raise InputError(f"{error}: beside the symlink, where onnx and onnxruntime read it, not beside "
+                                 f"its target") from None
+            raise
         if not lazy:
             tensor.raw_data = read_external_bytes(tensor, folder)
             tensor.data_location = onnx.TensorProto.DEFAULT
