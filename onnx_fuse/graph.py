@@ -22,6 +22,9 @@ log = logging.getLogger("onnx_fuse")
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CACHED_CONSTANT_BYTES = 1 << 20  # larger constants are decoded again when needed, not kept
+# integer initializers this small go into shape inference with their values (shapes, axes)
+SHAPE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+SHAPE_VALUES = 64
 
 # Side-effect-free ops whose value is a constant when all their inputs are; evaluated on demand
 # and removed once nothing reads them.
@@ -364,7 +367,12 @@ class Graph:
                                      inputs, list(graph.output))
         listed = {vi.name for vi in graph.input}
         for tensor in graph.initializer:
-            if tensor.name not in listed and self.is_initializer(tensor.name):
+            if tensor.name in listed or not self.is_initializer(tensor.name):
+                continue
+            if tensor.data_type in SHAPE_TYPES and np.prod(tensor.dims) <= SHAPE_VALUES:
+                # a Reshape's shape, a Squeeze's axes: inference needs the values, and they are small
+                skeleton.initializer.append(numpy_helper.from_array(self.constant(tensor.name), tensor.name))
+            else:
                 skeleton.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         model = helper.make_model(skeleton, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = max(self.ir_version, 4)

@@ -161,3 +161,28 @@ def test_sibling_subgraphs_with_one_weight_name_through_external_data(tmp_path):
         expected = ort.InferenceSession(str(source), options).run(None, feeds)[0]
         actual = ort.InferenceSession(str(tmp_path / "out.onnx"), options).run(None, feeds)[0]
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_conv_weight_reshaped_by_a_constant_shape_has_a_shape_on_the_first_run():
+    """Shape inference sees the values of small integer initializers (a Reshape's shape): a Conv
+    whose weight is Reshape(w, shape) has an output shape on the first run, not only on the second
+    (when the fold has made the weight an initializer), so bn_conv's broadcast check passes at
+    once and a second run changes nothing (found by benchmarks/fuzz.py, seed 1000)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, .3, 4 * 4 * 3 * 3).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([4, 4, 3, 3], np.int64), "shape")
+    scale = numpy_helper.from_array(rng.uniform(.5, 2, (1, 4, 1, 1)).astype(np.float32), "scale")
+    w2 = numpy_helper.from_array(rng.normal(0, .3, (4, 4, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Reshape", ["w", "shape"], ["wr"]),
+             helper.make_node("Conv", ["x", "wr"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Div", ["c1", "scale"], ["d"]),
+             helper.make_node("Conv", ["d", "w2"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 5, 5])], [w, shape, scale, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    once, report = onnx_fuse.optimize_with_report(model)
+    assert report.passes["bn_conv"].rewrites == 1 and op_counts(once)["Div"] == 0
+    assert onnx_fuse.optimize(once).SerializeToString() == once.SerializeToString()
+    assert_same_function(model, once)
