@@ -205,6 +205,7 @@ def test_given_input_shapes_are_written_into_the_result():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     result = onnx_fuse.optimize(model, input_shapes={"x": [3, 4, 6, 6]})
     assert [d.dim_value for d in result.graph.input[0].type.tensor_type.shape.dim] == [3, 4, 6, 6]
+    assert op_counts(result) == {"Conv": 1, "Relu": 1}
 
 
 # ---- the keywords, spelled out -----------------------------------------------------------------
@@ -234,14 +235,6 @@ def test_verify_options_in_the_api():
     _, report = onnx_fuse.optimize_with_report(conv_bn(), verify=onnx_fuse.VerifyOptions(seed=3, trials=2, rtol=1e-3))
     v = report.verification
     assert (v["verdict"], v["seed"], v["trials"], v["rtol"]) == ("PASSED", 3, 2, 1e-3)
-
-
-def test_input_shapes_are_checked_in_the_api():
-    with pytest.raises(onnx_fuse.InputError, match="no such input"):
-        onnx_fuse.optimize(conv_bn(), input_shapes={"y": [1, 4, 6, 6]})
-    with pytest.raises(onnx_fuse.InputError, match="at least 1|whole number >= 1"):
-        onnx_fuse.optimize(conv_bn(), input_shapes={"x": [1, 4, 0, 6]})
-    assert op_counts(onnx_fuse.optimize(conv_bn(), input_shapes={"x": [1, 4, 6, 6]})) == {"Conv": 1, "Relu": 1}
 
 
 def test_the_public_names_import_lazily():
