@@ -79,7 +79,7 @@ def _between(graph: Graph, before: dict, x: str) -> set[int]:
 
 
 def _region(graph: Graph, gate: int) -> set[int]:
-    before = _before(graph, gate)
+    before = None  # found when a step after the gate reads another tensor (most gates have none)
     region: set[int] = set()
     path = {gate: [gate]}
     frontier = [gate]
@@ -93,6 +93,8 @@ def _region(graph: Graph, gate: int) -> set[int]:
                 path[reader] = path[index] + [reader]
                 node = graph.node(reader)
                 others = [n for n in _variables(graph, node) if n != output]
+                if others and before is None:
+                    before = _before(graph, gate)
                 closing = [n for n in others if n in before]
                 # x scaled first (0.5 * x) and closed with (1 + erf(...)): the scaling is the idiom's too
                 scaled = [graph.producer_of(n) for n in others if n not in before]
