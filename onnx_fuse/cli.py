@@ -64,12 +64,17 @@ def _build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="IN",
                         help=".onnx files or folders of them; without -o, `IN OUT` (one input, one output)")
-    parser.add_argument("-o", "--output", metavar="OUT",
-                        help="output file (one input) or folder (several inputs, or a folder)")
-    parser.add_argument("--inplace", action="store_true", help="allow OUT to be the input file itself")
-    parser.add_argument("--passes", metavar="A,B", help="run only these passes (see --list-passes)")
-    parser.add_argument("--skip", metavar="A,B", default="", help="run all passes but these")
-    parser.add_argument("--list-passes", action="store_true", help="list the passes and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list refused matches with reasons")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    run = parser.add_argument_group("what to run")
+    run.add_argument("--passes", metavar="A,B", help="run only these passes (see --list-passes)")
+    run.add_argument("--skip", metavar="A,B", default="", help="run all passes but these")
+    run.add_argument("--list-passes", action="store_true", help="list the passes and exit")
+    run.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
+                     help="the sizes of an input (repeatable; NAME may be left out for a one-input model): "
+                          "fixed in the output, used by --verify and by merges that are exact only at a size")
+    run.add_argument("--fold-overridable-initializers", action="store_true",
+                     help="treat initializers that are also graph inputs as constants")
     check = parser.add_argument_group(
         "verification", "compare the original and the result in onnxruntime (its optimizations off); any of "
         "these options implies --verify")
@@ -94,21 +99,17 @@ def _build_parser():
     check.add_argument("--int-range", action="append", default=[], metavar="[NAME:]LO,HI",
                        help="integer inputs take values LO..HI inclusive (default: the constants the model "
                             "compares them with, else 0..3); without NAME, every integer input")
-    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
-                        help="the sizes of an input (repeatable; NAME may be left out for a one-input model): "
-                             "fixed in the output, used by --verify and by merges that are exact only at a size")
-    parser.add_argument("--fold-overridable-initializers", action="store_true",
-                        help="treat initializers that are also graph inputs as constants")
-    parser.add_argument("--external-data", metavar="NAME",
-                        help="write tensors to the file NAME beside the output (default when the input has "
-                             "external data or the result exceeds 2 GB: OUT's name + .data)")
-    parser.add_argument("--external-data-threshold", metavar="BYTES", type=int, default=1024,
-                        help="with external data, tensors of at least this many bytes go to the data file "
-                             "(default 1024)")
-    parser.add_argument("--report", metavar="FILE.json",
-                        help="write the report as JSON (schema 1: see the README)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="list refused matches with reasons")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    out = parser.add_argument_group("output", "nothing the run reads, and no other output of it, is ever written over")
+    out.add_argument("-o", "--output", metavar="OUT",
+                     help="output file (one input) or folder (several inputs, or a folder)")
+    out.add_argument("--inplace", action="store_true", help="allow OUT to be the input file itself")
+    out.add_argument("--report", metavar="FILE.json", help="write the report as JSON (schema 1: see the README)")
+    out.add_argument("--external-data", metavar="NAME",
+                     help="write tensors to the file NAME beside the output (default when the input has "
+                          "external data or the result exceeds 2 GB: OUT's name + .data)")
+    out.add_argument("--external-data-threshold", metavar="BYTES", type=int, default=1024,
+                     help="with external data, tensors of at least this many bytes go to the data file "
+                          "(default 1024)")
     parser.add_argument("--version", action="version", version=f"onnx-fuse {__version__}")
     return parser
 
