@@ -367,8 +367,8 @@ class Graph:
                                      inputs, list(graph.output))
         listed = {vi.name for vi in graph.input}
         for tensor in graph.initializer:
-            if tensor.name in listed or not self.is_initializer(tensor.name):
-                continue
+            if tensor.name in listed or not self.is_initializer(tensor.name) or tensor.name not in self.consumers:
+                continue  # an initializer nothing reads any more may have given up its data already
             if tensor.data_type in SHAPE_TYPES and np.prod(tensor.dims) <= SHAPE_VALUES:
                 # a Reshape's shape, a Squeeze's axes: inference needs the values, and they are small
                 skeleton.initializer.append(numpy_helper.from_array(self.constant(tensor.name), tensor.name))
