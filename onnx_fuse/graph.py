@@ -36,7 +36,8 @@ CONSTANT_FOLDABLE_OPS = frozenset(
 
 # elementwise ops: the result has the rank of the (broadcast) inputs
 UNARY_OPS = frozenset({"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Erf", "Tanh", "Gelu", "Softplus", "Neg",
-                       "Abs", "Sqrt", "Exp", "Identity", "Cast", "Clip", "LeakyRelu", "Elu", "Selu", "Mish"})
+                       "Abs", "Sqrt", "Exp", "Identity", "Cast", "Clip", "LeakyRelu", "Elu", "Selu", "Mish",
+                       "BatchNormalization"})
 RANK_KEEPING_OPS = UNARY_OPS | {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
 
 
@@ -361,19 +362,22 @@ class Graph:
 
     def _infer_shapes(self) -> dict:
         graph = self.container
-        inputs = [helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, self.input_shapes[vi.name])
-                  if vi.name in self.input_shapes and vi.type.HasField("tensor_type") else vi for vi in graph.input]
-        skeleton = helper.make_graph([self.node(i) for i in self._order() if i not in self.removed], "shapes",
-                                     inputs, list(graph.output))
-        listed = {vi.name for vi in graph.input}
+        valued, typed = [], []  # initializers that go in with their values, and with their types only
         for tensor in graph.initializer:
-            if tensor.name in listed or not self.is_initializer(tensor.name) or tensor.name not in self.consumers:
+            name = tensor.name
+            if not self.is_initializer(name) or self.is_overridable(name) or name not in self.consumers:
                 continue  # an initializer nothing reads any more may have given up its data already
             if tensor.data_type in SHAPE_TYPES and np.prod(tensor.dims) <= SHAPE_VALUES:
                 # a Reshape's shape, a Squeeze's axes: inference needs the values, and they are small
-                skeleton.initializer.append(numpy_helper.from_array(self.constant(tensor.name), tensor.name))
+                valued.append(numpy_helper.from_array(self.constant(name), name))
             else:
-                skeleton.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+                typed.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+        known = {t.name for t in valued} | {vi.name for vi in typed}
+        inputs = [helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, self.input_shapes[vi.name])
+                  if vi.name in self.input_shapes and vi.type.HasField("tensor_type") else vi
+                  for vi in graph.input if vi.name not in known]  # before IR 4 initializers are listed too
+        skeleton = helper.make_graph([self.node(i) for i in self._order() if i not in self.removed], "shapes",
+                                     inputs + typed, list(graph.output), valued)
         model = helper.make_model(skeleton, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = max(self.ir_version, 4)
         try:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support import assert_same_function, op_counts
 
@@ -163,7 +164,8 @@ def test_sibling_subgraphs_with_one_weight_name_through_external_data(tmp_path):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_conv_weight_reshaped_by_a_constant_shape_has_a_shape_on_the_first_run():
+@pytest.mark.parametrize("ir_version", [8, 3])
+def test_a_conv_weight_reshaped_by_a_constant_shape_has_a_shape_on_the_first_run(ir_version):
     """Shape inference sees the values of small integer initializers (a Reshape's shape): a Conv
     whose weight is Reshape(w, shape) has an output shape on the first run, not only on the second
     (when the fold has made the weight an initializer), so bn_conv's broadcast check passes at
@@ -182,6 +184,11 @@ def test_a_conv_weight_reshaped_by_a_constant_shape_has_a_shape_on_the_first_run
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5]),
                                helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 5, 5])], [w, shape, scale, w2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = ir_version
+    if ir_version < 4:  # every initializer is listed among the inputs, and is a constant all the same
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = ir_version
     once, report = onnx_fuse.optimize_with_report(model)
     assert report.passes["bn_conv"].rewrites == 1 and op_counts(once)["Div"] == 0
     assert onnx_fuse.optimize(once).SerializeToString() == once.SerializeToString()
