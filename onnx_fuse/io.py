@@ -579,29 +579,6 @@ def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None,
     return data_name
 
 
-def save(model: onnx.ModelProto, path, *, external: "ExternalData | None" = None, data_name: str | None = None,
-         threshold: int = 1024, guard: "WriteGuard | None" = None) -> None:
-    """Write `model` to `path` atomically: into a temporary folder beside it, then renamed.
-
-    The model goes to one file when it can; with external data (the input had some, the model
-    exceeds protobuf's 2 GB, or `data_name` is given) every tensor of at least `threshold` bytes
-    goes to `data_name` (default: the output's name + ".data") beside it. Tensors still in the
-    input's files are copied from there in chunks. Every file written is claimed in `guard`
-    first: the input's files are never written.
-    """
-    path = Path(path)
-    guard = guard or WriteGuard()
-    if external is not None:
-        source = external.source_folder / external.model_file
-        guard.add_model(source, model)
-    guard.claim(path, "the output", "save")
-    data_name = output_data_name(model, path, data_name, external)
-    if data_name is not None:
-        guard.claim(path.parent / data_name, "the output's external data", "save")
-    with staged(path) as stage:
-        write_model(model, stage / path.name, external=external, data_name=data_name, threshold=threshold)
-
-
 # Every file onnx-fuse stages is in a folder named so: the next run into that folder recognises
 # the leftovers of a killed run (its process is gone) and removes them.
 STAGE_PREFIX = ".onnx-fuse-tmp-"
