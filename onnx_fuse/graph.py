@@ -102,7 +102,7 @@ class Graph:
     reading        node(i)  nodes()  producer_of(name)  readers(name)  sole_consumer(name)  consumer_count(name)
                    read_by_subgraph(name)  inputs  outputs  opset  original_size
     constants      is_constant(name)  constant(name)  constant_type(name)  is_initializer(name)
-    shapes         shape(name)  inferred_shape(name)  rank(name)
+    shapes         shape(name)  inferred_shape(name)  known_shape(name)  rank(name)
     editing        add_constant(values, hint)  set_constant_input(i, slot, values, hint, freed)
                    set_input(i, slot, name)  redirect_reads(name, to)  remove_node(i)  replace_node(i, node)
                    replace_with_nodes(i, nodes)  add_tensor(tensor)  take_output(i, name)
@@ -360,6 +360,10 @@ class Graph:
                 self._inferred = self._infer_shapes()
         return self._inferred.get(name)
 
+    def known_shape(self, name: str) -> list | None:
+        """The shape the model records for `name`, else what shape inference finds."""
+        return self.shape(name) or self.inferred_shape(name)
+
     def _infer_shapes(self) -> dict:
         graph = self.container
         valued, typed = [], []  # initializers that go in with their values, and with their types only
@@ -396,7 +400,7 @@ class Graph:
         return self._ranks[name]
 
     def _rank(self, name: str, depth: int) -> int | None:
-        shape = self.shape(name) or self.inferred_shape(name)
+        shape = self.known_shape(name)
         if shape is not None:
             return len(shape)
         value = self.constant(name)

@@ -28,7 +28,7 @@ def broadcast_keeps_shape(graph: Graph, affine, x: str, rank: int, channels: int
     constant = graph.constant_type(other)
     if constant is None or len(constant[0]) == 0 or tuple(constant[0]) == (1,):
         return None  # a scalar enlarges nothing
-    shape = graph.shape(x) or graph.inferred_shape(x)
+    shape = graph.known_shape(x)
     if shape is None or len(shape) != rank or len(constant[0]) > rank or shape[1] != channels:
         return Refusal(f"{affine.op_type} by a constant of shape {list(constant[0])} may broadcast '{x}' "
                        f"to a larger shape (its shape {shape} is not known to be rank {rank} with {channels} channels)")

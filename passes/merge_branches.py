@@ -64,7 +64,7 @@ class Branches:
 
     def sizes(self):
         """The root's spatial lengths (None where unknown), from the model or shape inference."""
-        shape = self.graph.shape(self.root) or self.graph.inferred_shape(self.root)
+        shape = self.graph.known_shape(self.root)
         if shape is None or len(shape) != self.rank + 2:
             return None
         return shape[2:]
@@ -79,7 +79,7 @@ def conv_map(graph: Graph, index: int) -> ConvMap | Refusal:
     attrs = attributes(node)
     strides = tuple(attrs.get("strides", (1,) * rank))
     dilations = tuple(attrs.get("dilations", (1,) * rank))
-    shape = graph.shape(node.input[0]) or graph.inferred_shape(node.input[0])
+    shape = graph.known_shape(node.input[0])
     pads = conv_padding(node, op.weight.shape[2:], strides, dilations, shape[2:] if shape else None)
     if pads is None:
         return Refusal("Conv pads depend on the input size (auto_pad SAME with stride > 1), which the "

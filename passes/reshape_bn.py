@@ -45,7 +45,7 @@ class AffineOnTokens(Plan):
 def last_axis(graph: Graph, name: str) -> int | None:
     """The length of the last axis of `name`: recorded, inferred, or the columns of the constant
     weight of the MatMul that computes it."""
-    shape = graph.shape(name) or graph.inferred_shape(name)
+    shape = graph.known_shape(name)
     if shape:
         return shape[-1]
     matmul = producer_if(graph, name, "MatMul")
@@ -75,7 +75,7 @@ def restores(graph: Graph, node, y: str) -> tuple[bool, int | None]:
         shape = graph.node(shape_node)
         whole = not any(a.name in ("start", "end") for a in shape.attribute)
         return whole and shape.input[0] == y, shape_node
-    target, known = graph.constant(node.input[1]), graph.shape(y) or graph.inferred_shape(y)
+    target, known = graph.constant(node.input[1]), graph.known_shape(y)
     if target is None or known is None or None in known:
         return False, None
     return [int(v) for v in target.reshape(-1)] == list(known), None
