@@ -277,6 +277,7 @@ class ExternalData:
         self.hold = False
         self.scratch_size = 0
         self.held: dict[str, np.ndarray] = {}  # by name: only main-graph tensors are held
+        self.files: dict[str, Path] = {}  # location -> its file, checked once (passes read often)
 
     def takes(self, nbytes: int, main_graph: bool) -> bool:
         """Whether `store` should take a new tensor of this size rather than the model's memory."""
@@ -289,7 +290,10 @@ class ExternalData:
     def file_of(self, tensor) -> Path:
         if is_scratch(tensor):
             return self.scratch
-        return external_file(tensor, self.source_folder)
+        location = _external_info(tensor).get("location", "")
+        if location not in self.files:
+            self.files[location] = external_file(tensor, self.source_folder)
+        return self.files[location]
 
     def read(self, tensor) -> np.ndarray:
         if not is_external(tensor):

@@ -43,13 +43,18 @@ def conv_padding(node, kernel_shape, strides, dilations, sizes=None) -> tuple | 
     if padding == "VALID":
         return (0,) * (2 * rank)
     span = [d * (k - 1) + 1 for k, d in zip(kernel_shape, dilations)]
-    if all(s == 1 for s in strides):
-        total = [t - 1 for t in span]
-    elif sizes is not None and len(sizes) == rank and all(isinstance(n, int) and n > 0 for n in sizes):
-        # SAME: output length ceil(n / s), so total padding (ceil(n / s) - 1) * s + span - n
-        total = [max(0, (-(-n // s) - 1) * s + t - n) for n, s, t in zip(sizes, strides, span)]
-    else:
-        return None
+    known = sizes if sizes is not None and len(sizes) == rank else (None,) * rank
+    total = []
+    for n, s, t in zip(known, strides, span):
+        if s == 1:
+            total.append(t - 1)
+        elif t == 1:  # one input per output: (ceil(n / s) - 1) * s + 1 - n <= 0 at every n
+            total.append(0)
+        elif isinstance(n, int) and n > 0:
+            # SAME: output length ceil(n / s), so total padding (ceil(n / s) - 1) * s + span - n
+            total.append(max(0, (-(-n // s) - 1) * s + t - n))
+        else:
+            return None
     small = [t // 2 for t in total]
     large = [t - t // 2 for t in total]
     return tuple(small + large) if padding == "SAME_UPPER" else tuple(large + small)

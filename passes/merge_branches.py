@@ -7,11 +7,14 @@ a Transpose that undoes the input's own layout Transpose (tf2onnx's NHWC identit
 too. Every branch becomes a ConvMap (onnx_fuse.fold), and the maps are summed, composed and padded
 to the largest kernel. Refuses a nonlinearity, an intermediate with another reader or that is a
 graph output, non-constant weights, mismatched strides/groups/dilations, kernels that do not line
-up, and a merged Conv that would do more work than the branches it replaces.
+up, and a merged Conv that would do more work than the branches it replaces. Branches whose pads
+depend on the input size (auto_pad SAME with a stride) merge at the size the model records, or at
+every size when they line up at every size (see MergeBranches._at_every_size).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +48,7 @@ class MergePlan(Plan):
     merged: ConvMap
     weight: np.ndarray  # merged.kernel and merged.bias in the weights' dtype
     bias: np.ndarray
+    auto_pad: str | None = None  # SAME_UPPER/LOWER: merged at every input size, pads left to the runtime
 
     def takes(self) -> tuple[int, ...]:
         return tuple(sorted(self.branches.covered | {self.anchor}))
@@ -61,16 +65,27 @@ class Branches:
     covered: set = field(default_factory=set)
     cost: int = 0
     graph: Graph | None = None
+    assumed: tuple | None = None  # spatial lengths of the root to compute with (see _at_every_size)
+    unsized: list = field(default_factory=list)  # Convs whose pads needed the root's unknown lengths
 
     def sizes(self):
         """The root's spatial lengths (None where unknown), from the model or shape inference."""
+        if self.assumed is not None:
+            return self.assumed
         shape = self.graph.known_shape(self.root)
         if shape is None or len(shape) != self.rank + 2:
             return None
         return shape[2:]
 
+    def lengths(self):
+        """sizes() for sum_maps, which asks only when the merge depends on them."""
+        sizes = self.sizes()
+        if sizes is None or any(not isinstance(n, int) for n in sizes):
+            self.unsized.append(None)
+        return sizes
 
-def conv_map(graph: Graph, index: int) -> ConvMap | Refusal:
+
+def conv_map(graph: Graph, index: int, br: Branches | None = None) -> ConvMap | Refusal:
     node = graph.node(index)
     op = read_linear(graph, index)
     if isinstance(op, Refusal):
@@ -79,9 +94,15 @@ def conv_map(graph: Graph, index: int) -> ConvMap | Refusal:
     attrs = attributes(node)
     strides = tuple(attrs.get("strides", (1,) * rank))
     dilations = tuple(attrs.get("dilations", (1,) * rank))
-    shape = graph.known_shape(node.input[0])
-    pads = conv_padding(node, op.weight.shape[2:], strides, dilations, shape[2:] if shape else None)
+    if br is not None and node.input[0] == br.root:
+        sizes = br.sizes()
+    else:
+        shape = graph.known_shape(node.input[0])
+        sizes = shape[2:] if shape else None
+    pads = conv_padding(node, op.weight.shape[2:], strides, dilations, sizes)
     if pads is None:
+        if br is not None and node.input[0] == br.root:
+            br.unsized.append(index)
         return Refusal("Conv pads depend on the input size (auto_pad SAME with stride > 1), which the "
                        "model does not record: give it (--input-shape)")
     bias = np.zeros(op.out_channels) if op.bias is None else fold.as_f64(op.bias)
@@ -104,6 +125,16 @@ def average_pool_map(node, channels: int, rank: int) -> ConvMap | Refusal:
     if any(pads) and not attrs.get("count_include_pad", 0):
         return Refusal("AveragePool excludes the padding from its count (count_include_pad=0)")
     return convmap.average_pool_map(channels, kernel, attrs.get("strides", (1,) * rank), pads)
+
+
+def conv_node(padding: str):
+    """A stand-in Conv with this auto_pad, for conv_padding."""
+    return helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=padding)
+
+
+def same_map(a: ConvMap, b: ConvMap) -> bool:
+    return (a.kernel.shape == b.kernel.shape and np.array_equal(a.kernel, b.kernel) and np.array_equal(a.bias, b.bias)
+            and (a.groups, a.strides, a.dilations) == (b.groups, b.strides, b.dilations))
 
 
 class MergeBranches(Pass):
@@ -155,6 +186,11 @@ class MergeBranches(Pass):
         groups = int(attributes(graph.node(reader)).get("group", 1))
         branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype, graph=graph)
         merged = self._express(graph, graph.node(match.anchor).output[0], branches, top=True)
+        padding = None
+        if isinstance(merged, Refusal) and branches.unsized:
+            found = self._at_every_size(graph, match, branches)
+            if found is not None:
+                branches, merged, padding = found
         if isinstance(merged, Refusal):
             return merged
         if merged.diagonal:
@@ -167,7 +203,43 @@ class MergeBranches(Pass):
             bias = fold.cast_like(merged.bias, branches.dtype, "merged Conv bias")
         except FoldError as error:
             return Refusal(str(error))
-        return MergePlan(match.anchor, branches, merged, weight, bias)
+        return MergePlan(match.anchor, branches, merged, weight, bias, padding)
+
+    def _at_every_size(self, graph: Graph, match: BranchSum, first: Branches):
+        """(branches, merged map, auto_pad) when the sum is one Conv with auto_pad SAME at every
+        input length, though its branches' pads depend on the length (auto_pad SAME with a
+        stride). SAME pads depend on a length n only through n mod stride, so the sum is merged
+        once per residue (at a stand-in length of that residue); it holds at every n when all the
+        merges agree and each one's pads are what SAME gives the merged kernel at that length.
+        Branches of identical geometry pass; a strided 3x3 beside a 1x1 does not (the 1x1 lands
+        on the 3x3's corner or centre by the parity of n). None otherwise."""
+        index = next((i for i in first.unsized if i is not None), None)
+        conv = graph.node(index) if index is not None else None
+        if conv is None or auto_pad(conv) not in ("SAME_UPPER", "SAME_LOWER"):
+            return None
+        padding = auto_pad(conv)
+        rank = first.rank
+        strides = tuple(attributes(conv).get("strides", (1,) * rank))
+        known = first.sizes() or (None,) * rank
+        choices = [[n] if isinstance(n, int) and n > 0 else [1024 * s + r for r in range(s)]
+                   for n, s in zip(known, strides)]
+        if len(strides) != rank or int(np.prod([len(c) for c in choices])) > 64:
+            return None
+        result = None
+        for lengths in itertools.product(*choices):
+            br = Branches(first.root, first.channels, rank, first.dtype, graph=graph, assumed=tuple(lengths))
+            merged = self._express(graph, graph.node(match.anchor).output[0], br, top=True)
+            if isinstance(merged, Refusal) or any(d != 1 for d in merged.dilations):
+                return None  # (onnxruntime has no SAME with dilations)
+            runtime = conv_padding(conv_node(padding), merged.kernel.shape[2:], merged.strides,
+                                   merged.dilations, lengths)
+            if runtime != tuple(merged.pads):
+                return None
+            if result is None:
+                result = (br, merged)
+            elif not same_map(result[1], merged) or br.covered != result[0].covered:
+                return None
+        return result + (padding,)
 
     def _express(self, graph: Graph, name: str, br: Branches, top=False) -> ConvMap | Refusal:
         """`name` as one convolution of br.root, covering the nodes on the way."""
@@ -196,7 +268,7 @@ class MergeBranches(Pass):
         if op == "Identity":
             return self._express(graph, node.input[0], br)
         if op == "Conv":
-            m = conv_map(graph, index)
+            m = conv_map(graph, index, br)
             if isinstance(m, Refusal):
                 return m
             br.cost += m.macs_per_pixel
@@ -237,7 +309,7 @@ class MergeBranches(Pass):
                 if isinstance(inner, Refusal):
                     return inner
                 maps.append(convmap.negate(inner) if op == "Sub" and position == 1 else inner)
-            return convmap.sum_maps(maps, br.sizes)
+            return convmap.sum_maps(maps, br.lengths)
         return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
 
     def _border(self, graph, node, br: Branches):
@@ -307,12 +379,13 @@ class MergeBranches(Pass):
         branches, merged, weight, bias = plan.branches, plan.merged, plan.weight, plan.bias
         anchor = graph.node(match.anchor)
         base = anchor.name or anchor.output[0]
+        padding = {"auto_pad": plan.auto_pad} if plan.auto_pad else {"pads": list(merged.pads)}
         conv = helper.make_node(
             "Conv", [branches.root, graph.add_constant(weight, f"{base}_merged_weight"),
                      graph.add_constant(bias, f"{base}_merged_bias")],
             [anchor.output[0]], name=anchor.name or graph.fresh_name(f"{base}_merged"),
             group=merged.groups, kernel_shape=list(merged.kernel.shape[2:]), strides=list(merged.strides),
-            dilations=list(merged.dilations), pads=list(merged.pads))
+            dilations=list(merged.dilations), **padding)
         graph.replace_node(match.anchor, conv)
         for index in branches.covered - {match.anchor}:
             graph.remove_node(index)

@@ -217,6 +217,52 @@ def test_refuse_strided_same_padding_on_an_input_of_unknown_size():
     assert_unchanged(b.model(), "does not record its length", passes=["merge_branches"])
 
 
+def same_conv_bn(b, x, k, stride, padding, groups=1):
+    y = conv(b, x, C, C, k=k, groups=groups, auto_pad=padding, strides=[stride] * 2)
+    return b.batchnorm(y, C)
+
+
+def unknown_size_model(build):
+    b = ModelBuilder()
+    x = b.input([2, C, "height", "width"])
+    b.output(b.node("Relu", [build(b, x)]))
+    return b.model()
+
+
+def assert_same_function_at_sizes(model, result, sizes=((8, 8), (7, 9), (9, 6), (5, 5), (12, 11), (1, 2))):
+    rng = np.random.default_rng(3)
+    for size in sizes:
+        assert_same_function(model, result, {"x": rng.standard_normal((2, C) + size).astype(np.float32)})
+
+
+@pytest.mark.parametrize("padding", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("stride, kernels, groups", [
+    (2, (3, 3), C),  # MobileOne's strided depthwise branches under Keras padding='same'
+    (2, (3, 3, 3), 1),
+    (3, (3, 3), 1),
+    (2, (2, 2), 1),
+    (2, (5, 3), 1),  # a 3x3 sits at the centre of a 5x5 at every size under SAME
+    (2, (4, 2), 1),  # and a 2x2 at the same place in a 4x4
+])
+def test_strided_same_branches_that_line_up_at_every_size_merge_on_unknown_sizes(padding, stride, kernels, groups):
+    model = unknown_size_model(lambda b, x: add(b, *[same_conv_bn(b, x, k, stride, padding, groups) for k in kernels]))
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Relu": 1}, report.refused
+    merged = next(node for node in result.graph.node if node.op_type == "Conv")
+    assert {a.name: a for a in merged.attribute}["auto_pad"].s.decode() == padding
+    assert_same_function_at_sizes(model, result)
+
+
+@pytest.mark.parametrize("branches", [
+    lambda b, x: add(b, same_conv_bn(b, x, 3, 2, "SAME_UPPER"), same_conv_bn(b, x, 1, 2, "SAME_UPPER")),
+    lambda b, x: add(b, same_conv_bn(b, x, 3, 2, "SAME_UPPER"), same_conv_bn(b, x, 3, 2, "SAME_LOWER")),
+    lambda b, x: add(b, same_conv_bn(b, x, 3, 2, "SAME_UPPER"), same_conv_bn(b, x, 2, 2, "SAME_UPPER")),
+], ids=["3x3_beside_1x1", "upper_beside_lower", "3x3_beside_2x2"])
+def test_refuse_strided_same_branches_that_line_up_only_at_some_sizes(branches):
+    """The negative twins: these line up on even sizes or on odd ones, not on both."""
+    assert_unchanged(unknown_size_model(branches), "give it (--input-shape)", passes=["merge_branches"])
+
+
 def test_refuse_kernel_centres_between_dilated_taps():
     refuse(lambda b, x: add(b, conv(b, x, C, C, dilations=[2, 2], pads=[1, 1, 3, 3]), conv(b, x, C, C, k=1)),
            "centres do not line up")
