@@ -26,6 +26,13 @@ CACHED_CONSTANT_BYTES = 1 << 20  # larger constants are decoded again when neede
 SHAPE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 SHAPE_VALUES = 64
 
+# Ops whose results shape_value follows, and the types its Cast may go through (float included:
+# paddle2onnx takes a Max of two shapes in float32)
+SHAPE_ARITHMETIC = frozenset({"Shape", "Identity", "Cast", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Slice",
+                              "Gather", "Max", "Min", "Add", "Sub", "Mul"})
+SHAPE_CAST_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.FLOAT,
+                              onnx.TensorProto.DOUBLE})
+
 # Side-effect-free ops whose value is a constant when all their inputs are; evaluated on demand
 # and removed once nothing reads them.
 CONSTANT_FOLDABLE_OPS = frozenset(
@@ -102,7 +109,7 @@ class Graph:
     reading        node(i)  nodes()  producer_of(name)  readers(name)  sole_consumer(name)  consumer_count(name)
                    read_by_subgraph(name)  inputs  outputs  opset  original_size
     constants      is_constant(name)  constant(name)  constant_type(name)  is_initializer(name)
-    shapes         shape(name)  inferred_shape(name)  known_shape(name)  rank(name)
+    shapes         shape(name)  inferred_shape(name)  known_shape(name)  rank(name)  shape_value(name)
     editing        add_constant(values, hint)  set_constant_input(i, slot, values, hint, freed)
                    set_input(i, slot, name)  redirect_reads(name, to)  remove_node(i)  replace_node(i, node)
                    replace_with_nodes(i, nodes)  add_tensor(tensor)  take_output(i, name)
@@ -390,6 +397,100 @@ class Graph:
             log.debug("shape inference failed: %s", error)
             return {}
         return recorded_shapes(inferred.graph.value_info)
+
+    def shape_value(self, name: str, depth: int = 24) -> tuple | None:
+        """The entries of a small integer vector computed by shape arithmetic (Shape, Slice,
+        Gather, Concat, Squeeze/Unsqueeze/Reshape, Cast, Max/Min/Add/Sub/Mul of such vectors and
+        constants, looked for `depth` nodes back), with None for an entry that depends on a size the
+        model does not record (a dynamic batch); None when `name` is not such a vector. Exporters
+        size constants so: Expand(value, Concat(Shape(x)[0], C, 1, W)) is a border of width W."""
+        if self.is_constant(name):
+            type_ = self.constant_type(name)
+            if type_ is None or len(type_[0]) > 1 or int(np.prod(type_[0])) > SHAPE_VALUES:
+                return None
+            value = self.constant(name)
+            if value.dtype.kind not in "iuf" or not np.all(np.isfinite(value)) or np.any(value != np.round(value)):
+                return None
+            return tuple(int(v) for v in value.reshape(-1))
+        index = self.producer_of(name)
+        if index is None or depth == 0:
+            return None
+        node = self.node(index)
+        if not is_default_domain(node) or node.op_type not in SHAPE_ARITHMETIC or any(
+                a.ref_attr_name for a in node.attribute):
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        op = node.op_type
+        if op == "Shape":
+            return self._shape_entries(node.input[0], attrs.get("start", 0), attrs.get("end"))
+        if op == "Cast" and attrs.get("to") not in SHAPE_CAST_TYPES:
+            return None
+        if op in ("Slice", "Gather", "Reshape", "Unsqueeze", "Squeeze"):
+            data = self.shape_value(node.input[0], depth - 1)
+            if data is None:
+                return None
+            if op == "Slice":
+                return self._slice_entries(node, attrs, data)
+            if op == "Gather":
+                indices = self.constant(node.input[1]) if self.is_constant(node.input[1]) else None
+                if indices is None or attrs.get("axis", 0) != 0 or indices.dtype.kind not in "iu":
+                    return None
+                if np.any(indices < -len(data)) or np.any(indices >= len(data)):
+                    return None
+                return tuple(data[int(i)] for i in indices.reshape(-1))
+            return data  # these keep the order of the entries, and shape arithmetic is flat
+        entries = [self.shape_value(n, depth - 1) for n in node.input if n]
+        if any(e is None for e in entries) or not entries:
+            return None
+        if op == "Cast" and attrs["to"] == onnx.TensorProto.FLOAT and any(
+                v is not None and abs(v) > 1 << 24 for v in entries[0]):
+            return None  # float32 would round it
+        if op in ("Identity", "Cast"):
+            return entries[0]
+        if op == "Concat":
+            return tuple(v for e in entries for v in e)
+        length = max(len(e) for e in entries)
+        if any(len(e) not in (1, length) for e in entries):
+            return None
+        combine = {"Max": max, "Min": min, "Add": lambda a, b: a + b, "Sub": lambda a, b: a - b,
+                   "Mul": lambda a, b: a * b}[op]
+        result = []
+        for position in range(length):
+            values = [e[position if len(e) > 1 else 0] for e in entries]
+            if any(v is None for v in values):
+                result.append(None)
+                continue
+            total = values[0]
+            for v in values[1:]:
+                total = combine(total, v)
+            result.append(total)
+        return tuple(result)
+
+    def _shape_entries(self, name: str, start: int, end: int | None) -> tuple | None:
+        """Shape(name)[start:end], None where a dimension is not known."""
+        type_ = self.constant_type(name) if self.is_constant(name) else None
+        dims = list(type_[0]) if type_ is not None else self.known_shape(name)
+        if dims is None:
+            rank = self.rank(name)
+            if rank is None:
+                return None
+            dims = [None] * rank
+        dims = [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in dims]
+        return tuple(int(d) if d is not None else None for d in dims[start:end])
+
+    def _slice_entries(self, node, attrs, data: tuple) -> tuple | None:
+        if self.opset < 10:
+            starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes", [0]), [1]
+        else:
+            values = [self.constant(n) if n and self.is_constant(n) else None for n in node.input[1:5]]
+            if any(n and v is None for n, v in zip(node.input[1:5], values)):
+                return None
+            starts, ends = values[0], values[1]
+            axes = values[2] if len(values) > 2 and values[2] is not None else [0]
+            steps = values[3] if len(values) > 3 and values[3] is not None else [1]
+        if starts is None or ends is None or len(starts) != 1 or list(axes) not in ([0], [-1]) or list(steps) != [1]:
+            return None
+        return data[int(starts[0]):int(ends[0])]  # ONNX clamps as Python slicing does, for step 1
 
     def rank(self, name: str, depth: int = 32) -> int | None:
         """The rank of `name` where the model records it, shape inference finds it, or the nodes

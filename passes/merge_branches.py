@@ -65,6 +65,7 @@ class Branches:
     covered: set = field(default_factory=set)
     cost: int = 0
     graph: Graph | None = None
+    cone: set = field(default_factory=set)  # nodes that only size Concat borders (see border_value)
     assumed: tuple | None = None  # spatial lengths of the root to compute with (see _at_every_size)
     unsized: list = field(default_factory=list)  # Convs whose pads needed the root's unknown lengths
 
@@ -125,6 +126,66 @@ def average_pool_map(node, channels: int, rank: int) -> ConvMap | Refusal:
     if any(pads) and not attrs.get("count_include_pad", 0):
         return Refusal("AveragePool excludes the padding from its count (count_include_pad=0)")
     return convmap.average_pool_map(channels, kernel, attrs.get("strides", (1,) * rank), pads)
+
+
+def is_border(graph: Graph, name: str) -> bool:
+    if graph.is_constant(name):
+        return True
+    producer = graph.producer_of(name)
+    return is_op(graph.node(producer) if producer is not None else None, "Expand") and graph.is_constant(
+        graph.node(producer).input[0])
+
+
+def border_value(graph: Graph, name: str, axis: int, br: Branches):
+    """(value per channel (or one for all), width along `axis`, dtype) of a Concat border: a
+    constant of one value per channel, or Expand(such a constant, a shape computed from the
+    input's: paddle2onnx with a dynamic batch), whose width shape_value finds. The nodes computing
+    that shape join br.cone: they go with the merge."""
+    rank = br.rank + 2
+    producer = graph.producer_of(name)
+    expand = None if graph.is_constant(name) else graph.node(producer)
+    value = graph.constant(expand.input[0] if expand is not None else name)
+    if value.dtype.kind != "f" or value.ndim > rank or (expand is None and value.ndim != rank):
+        return Refusal(f"border '{name}' is not a per-channel border")
+    value = value.reshape((1,) * (rank - value.ndim) + value.shape)  # Expand aligns shapes at the right
+    rows = value.reshape(value.shape[0], value.shape[1], -1)
+    if np.any(rows != rows[:1, :, :1]):
+        return Refusal(f"border '{name}' is not one value per channel")
+    width = value.shape[axis]
+    if expand is not None:
+        target = graph.shape_value(expand.input[1])
+        if target is None or len(target) > rank:
+            return Refusal(f"the size of border '{name}' (an Expand) is not shape arithmetic onnx-fuse follows")
+        target = (1,) * (rank - len(target)) + tuple(target)
+        if width == 1:
+            width = target[axis]
+        elif target[axis] not in (1, width, None):
+            return Refusal(f"border '{name}': Expand to {target[axis]} of a length {width}")
+        if width is None:
+            return Refusal(f"the width of border '{name}' depends on a size the model does not record")
+        cone = shape_cone(graph, expand.input[1])
+        if cone is None:
+            return Refusal(f"the size of border '{name}' is computed by more than shape arithmetic")
+        br.cone |= cone | {producer}
+    return rows[0, :, 0], width, value.dtype
+
+
+def shape_cone(graph: Graph, name: str, limit: int = 64) -> set | None:
+    """The nodes computing the shape `name` back to constants and Shape nodes (whose input is only
+    measured, not read), None past `limit` nodes."""
+    cone, frontier = set(), [name]
+    while frontier:
+        current = frontier.pop()
+        index = graph.producer_of(current)
+        if index is None or index in cone or graph.is_constant(current):
+            continue
+        cone.add(index)
+        if len(cone) > limit:
+            return None
+        node = graph.node(index)
+        if not is_op(node, "Shape"):
+            frontier.extend(n for n in node.input if n)
+    return cone
 
 
 def conv_node(padding: str):
@@ -193,6 +254,11 @@ class MergeBranches(Pass):
                 branches, merged, padding = found
         if isinstance(merged, Refusal):
             return merged
+        for index in branches.cone:  # what sized the borders goes with them, so nothing else may read it
+            for out in graph.node(index).output:
+                if out in graph.outputs or any(r not in branches.covered | branches.cone for r in graph.readers(out)):
+                    return Refusal(f"'{out}', which sizes a Concat border, is read elsewhere")
+        branches.covered |= branches.cone
         if merged.diagonal:
             return Refusal("no branch is a convolution")
         if merged.macs_per_pixel > branches.cost:
@@ -249,8 +315,9 @@ class MergeBranches(Pass):
         if not top:
             if name in graph.outputs:
                 return Refusal(f"'{name}' inside the branches is a graph output")
-            if graph.sole_consumer(name) is None:
-                return Refusal(f"'{name}' inside the branches has {graph.consumer_count(name)} readers")
+            readers = [r for r in graph.readers(name) if r not in br.cone]  # a border's Shape may read it
+            if len(readers) != 1:
+                return Refusal(f"'{name}' inside the branches has {len(readers)} readers")
         index = graph.producer_of(name)
         if index is None:
             return Refusal(f"a branch reads '{name}', which is not computed from '{br.root}'")
@@ -313,31 +380,33 @@ class MergeBranches(Pass):
         return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
 
     def _border(self, graph, node, br: Branches):
-        """Concat(constant border, branch, constant border) along a spatial axis: padding with
-        per-channel values (paddle2onnx writes DBB's BatchNorm-and-pad so)."""
-        middle = [i for i, name in enumerate(node.input) if not graph.is_constant(name)]
+        """Concat(border, branch, border) along a spatial axis, each border a constant or an Expand
+        of one: padding with per-channel values (paddle2onnx writes DBB's BatchNorm-and-pad so)."""
+        middle = [i for i, name in enumerate(node.input) if not is_border(graph, name)]
         if len(middle) != 1:
             return Refusal(f"Concat '{node.name}' joins {len(middle)} branches, not one between constant borders")
         axis = attributes(node).get("axis", 0)
         axis = axis + br.rank + 2 if axis < 0 else axis
         if axis < 2:
             return Refusal(f"Concat '{node.name}' joins along the batch or channel axis")
+        borders = {}
+        for position, name in enumerate(node.input):
+            if position != middle[0]:
+                border = border_value(graph, name, axis, br)  # first: its Shape may read the branch
+                if isinstance(border, Refusal):
+                    return border
+                borders[position] = border
         inner = self._express(graph, node.input[middle[0]], br)
         if isinstance(inner, Refusal):
             return inner
-        for position, name in enumerate(node.input):
-            if position == middle[0]:
-                continue
-            border = graph.constant(name)
-            if border.ndim != br.rank + 2 or border.shape[1] != inner.out_channels or border.dtype.kind != "f":
-                return Refusal(f"Concat '{node.name}' border '{name}' is not a per-channel border")
-            rows = border.reshape(border.shape[0], border.shape[1], -1)
-            if np.any(rows != rows[:1, :, :1]):
-                return Refusal(f"Concat '{node.name}' border '{name}' is not one value per channel")
-            width = border.shape[axis]
+        for position, (values, width, dtype) in borders.items():
+            if len(values) != inner.out_channels and not (len(values) == 1 and not graph.is_constant(
+                    node.input[position])):  # (an Expand may broadcast one value over the channels)
+                return Refusal(f"Concat '{node.name}' border '{node.input[position]}' is not a per-channel border")
             before, after = (width, 0) if position < middle[0] else (0, width)
-            rtol = 8 * float(np.finfo(border.dtype).eps)  # the border holds the value rounded to its dtype
-            inner = convmap.pad_map(inner, axis - 2, before, after, rows[0, :, 0].astype(np.float64), rtol)
+            rtol = 8 * float(np.finfo(dtype).eps)  # the border holds the value rounded to its dtype
+            values = np.broadcast_to(values.astype(np.float64), (inner.out_channels,))
+            inner = convmap.pad_map(inner, axis - 2, before, after, values, rtol)
         return inner
 
     def _layout_branch(self, graph, node, br: Branches):

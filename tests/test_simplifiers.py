@@ -15,7 +15,6 @@ import onnx_fuse
 FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures").glob("*.onnx"))
 # Where the order matters, and why (each checked: both orders still compute the same numbers).
 ORDER_GAPS = {
-    ('paddle_dbb_dynbatch', 'onnxsim'): 'onnxsim run on its own output again reorders the Constant nodes it keeps (so without onnx-fuse too)',
     ('torch_convnext_deploy', 'onnxsim'): 'onnxsim run on its own output again reorders the Constant nodes it keeps (so without onnx-fuse too)',
     ('torch_convnext_layerscale', 'onnxsim'): 'onnxsim run on its own output again reorders the Constant nodes it keeps (so without onnx-fuse too)',
     ('torch_repvit_head_deploy', 'onnxsim'): 'onnxsim run on its own output again reorders the Constant nodes it keeps (so without onnx-fuse too)',

@@ -3,7 +3,7 @@ statistics: each merges into the node count of its deploy form, with the same ou
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 from support import ModelBuilder, assert_same_function, assert_unchanged, conv, op_counts, optimize
 
 C = 8
@@ -358,9 +358,25 @@ def test_refuse_branches_with_different_output_channels_broadcast():
     refuse(lambda b, x: add(b, conv(b, x, C, C), conv(b, x, C, 1, k=1)), "different channel counts")
 
 
-def bn_and_pad(b, x, size, value_shift=0.0, per_channel=True, k=1):
+def expanded_border(b, value, y, axis, length, width_from_batch=False):
+    """paddle2onnx's border with a dynamic batch: Expand(value [1,C,1,1], the shape of y with its
+    `axis` set to 1), that shape computed from Shape(y) at run time, through a float Max."""
+    batch = b.node("Slice", [b.node("Shape", [y]), b.const([0], "start", np.int64), b.const([1], "end", np.int64)])
+    sizes = [batch, b.const([C], "c", np.int64), b.const([1], "one", np.int64), b.const([length], "w", np.int64)]
+    if axis == 3:
+        sizes[2], sizes[3] = sizes[3], sizes[2]
+    if width_from_batch:
+        sizes[axis] = batch
+    wanted = b.node("Cast", [b.node("Concat", sizes, axis=0)], to=1)
+    value = b.const(value.reshape(1, C, 1, 1), "value")
+    shape = b.node("Cast", [b.node("Max", [b.node("Cast", [b.node("Shape", [value])], to=1), wanted])], to=7)
+    return b.node("Expand", [value, shape])
+
+
+def bn_and_pad(b, x, size, value_shift=0.0, per_channel=True, k=1, dynamic=False, width_from_batch=False):
     """DBB's BNAndPad as paddle2onnx writes it: conv -> BN -> Concat(border, y, border) on axis 2, then on
-    axis 3, the borders holding BN(0) per channel (fixed batch 2)."""
+    axis 3, the borders holding BN(0) per channel (fixed batch 2; `dynamic`: Expand to a shape
+    computed at run time, as with a dynamic batch)."""
     rng = b.rng
     scale, bias, mean, var = rng.uniform(0.5, 1.5, C), rng.normal(0, .5, C), rng.normal(0, .5, C), rng.uniform(.5, 2, C)
     y = conv_bn(b, x, k, pads=[0] * 4, bn=False)
@@ -373,8 +389,62 @@ def bn_and_pad(b, x, size, value_shift=0.0, per_channel=True, k=1):
         border = np.broadcast_to(value.reshape(1, C, 1, 1), shape).copy()
         if not per_channel:
             border[0, 0, 0, 0] += 1.0
-        y = b.node("Concat", [b.const(border, "border"), y, b.const(border, "border")], axis=axis)
+        if dynamic:
+            other = shape[5 - axis]
+            borders = [expanded_border(b, value, y, axis, other, width_from_batch) for _ in range(2)]
+        else:
+            borders = [b.const(border, "border") for _ in range(2)]
+        y = b.node("Concat", [borders[0], y, borders[1]], axis=axis)
     return y
+
+
+def dynamic_batch_model(build, size=7):
+    b = ModelBuilder()
+    x = b.input(["batch", C, size, size])
+    b.output(b.node("Relu", [build(b, x)]))
+    return b.model()
+
+
+def assert_same_function_at_batches(model, result, batches=(1, 2, 3)):
+    rng = np.random.default_rng(5)
+    for n in batches:
+        assert_same_function(model, result, {"x": rng.standard_normal((n, C, 7, 7)).astype(np.float32)})
+
+
+def test_dbb_borders_expanded_to_a_run_time_shape_merge():
+    """paddle2onnx's DBB with a dynamic batch: the borders are Expands to shapes computed from
+    Shape() of the branch; the shape arithmetic goes with the merge."""
+    def build(b, x):
+        one_then_k = conv_bn(b, bn_and_pad(b, x, 7, dynamic=True), 3, pads=[0] * 4)
+        pool = b.batchnorm(b.node("AveragePool", [bn_and_pad(b, x, 7, dynamic=True)], kernel_shape=[3, 3]), C)
+        return add(b, conv_bn(b, x, 3), one_then_k, pool, conv_bn(b, x, 1, pads=[0] * 4))
+    model = dynamic_batch_model(build)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Conv": 1, "Relu": 1}, report.refused
+    assert_same_function_at_batches(model, result)
+
+
+def test_refuse_expanded_borders_whose_shape_is_read_elsewhere():
+    """The negative twins: the border's shape arithmetic feeds a graph output too, or its width is
+    the run-time batch."""
+    def shape_read_twice(b, x):
+        y = bn_and_pad(b, x, 7, dynamic=True)
+        expand = next(n for n in reversed(b.nodes) if n.op_type == "Expand")
+        b.output(expand.input[1], elem=TensorProto.INT64)
+        return add(b, conv_bn(b, y, 3, pads=[0] * 4), conv_bn(b, x, 3))
+    model = dynamic_batch_model(shape_read_twice)
+    result, report = optimize(model, passes=["merge_branches"])
+    assert op_counts(result)["Concat"] == model_concats(model)
+    assert any("sizes a Concat border, is read elsewhere" in r.reason for r in report.refused), report.refused
+    assert_same_function_at_batches(model, result)
+
+    model = dynamic_batch_model(lambda b, x: add(b, conv_bn(b, bn_and_pad(b, x, 7, dynamic=True, width_from_batch=True),
+                                                            3, pads=[0] * 4), conv_bn(b, x, 3)))
+    assert_unchanged(model, "depends on a size the model does not record", passes=["merge_branches"])
+
+
+def model_concats(model):
+    return sum(node.op_type == "Concat" for node in model.graph.node)
 
 
 def dbb_bn_and_pad(b, x, size=7, **kwargs):
