@@ -8,7 +8,8 @@ hypothesis and printed with its node list. With --keep-going every failing examp
 (and written to DIR with --save) and the run goes on; the summary groups failures by message.
 --replay checks saved models again, for instance after a fix.
 Prints how many examples ran, the rewrites each pass made and the most common refusals, so that
-a run also shows what the generator exercised.
+a run also shows what the generator exercised; each process reports its progress on stderr every
+1000 examples.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from test_fuzz import ELEM_TYPES, Case, check_optimization, describe, fuzz_models  # noqa: E402
 
 
+PROGRESS_EVERY = 1000  # examples between a job's progress lines (on stderr)
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
@@ -45,6 +49,13 @@ def worker(job: tuple) -> dict:
     """Run `examples` examples from hypothesis seed `job_seed` in this process."""
     job_seed, examples, keep_going, save_dir = job
     stats = {"examples": 0, "rewrites": Counter(), "refusals": Counter(), "failures": []}
+    started = time.perf_counter()
+
+    def progress():
+        if stats["examples"] % PROGRESS_EVERY == 0:
+            rate = stats["examples"] / (time.perf_counter() - started)
+            print(f"seed {job_seed}: {stats['examples']} of {examples} examples, {len(stats['failures'])} failures, "
+                  f"{rate:.1f}/s", file=sys.stderr, flush=True)
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=False, print_blob=True,
               suppress_health_check=list(HealthCheck))
@@ -52,6 +63,7 @@ def worker(job: tuple) -> dict:
     @given(fuzz_models())
     def run(case):
         stats["examples"] += 1
+        progress()
         try:
             report = check_optimization(case)
         except Exception as error:
