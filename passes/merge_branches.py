@@ -7,7 +7,8 @@ a Transpose that undoes the input's own layout Transpose (tf2onnx's NHWC identit
 too. Every branch becomes a ConvMap (onnx_fuse.fold), and the maps are summed, composed and padded
 to the largest kernel. Refuses a nonlinearity, an intermediate with another reader or that is a
 graph output, non-constant weights, mismatched strides/groups/dilations, kernels that do not line
-up, and a merged Conv that would do more work than the branches it replaces. Branches whose pads
+up, and a merged Conv that would do more work than the branches it replaces. When only some terms
+of the sum are branches (two or more), those merge and the rest is added. Branches whose pads
 depend on the input size (auto_pad SAME with a stride) merge at the size the model records, or at
 every size when they line up at every size (see MergeBranches._at_every_size).
 """
@@ -49,6 +50,7 @@ class MergePlan(Plan):
     weight: np.ndarray  # merged.kernel and merged.bias in the weights' dtype
     bias: np.ndarray
     auto_pad: str | None = None  # SAME_UPPER/LOWER: merged at every input size, pads left to the runtime
+    residual: tuple = ()  # terms of the sum that are not branches of the root, added to the merged Conv
 
     def takes(self) -> tuple[int, ...]:
         return tuple(sorted(self.branches.covered | {self.anchor}))
@@ -247,11 +249,15 @@ class MergeBranches(Pass):
         groups = int(attributes(graph.node(reader)).get("group", 1))
         branches = Branches(root, shape[1] * groups, len(shape) - 2, dtype, graph=graph)
         merged = self._express(graph, graph.node(match.anchor).output[0], branches, top=True)
-        padding = None
+        padding, residual = None, ()
         if isinstance(merged, Refusal) and branches.unsized:
             found = self._at_every_size(graph, match, branches)
             if found is not None:
                 branches, merged, padding = found
+        if isinstance(merged, Refusal):
+            found = self._some_terms(graph, match, branches)
+            if found is not None:
+                branches, merged, residual = found
         if isinstance(merged, Refusal):
             return merged
         for index in branches.cone:  # what sized the borders goes with them, so nothing else may read it
@@ -269,7 +275,42 @@ class MergeBranches(Pass):
             bias = fold.cast_like(merged.bias, branches.dtype, "merged Conv bias")
         except FoldError as error:
             return Refusal(str(error))
-        return MergePlan(match.anchor, branches, merged, weight, bias, padding)
+        return MergePlan(match.anchor, branches, merged, weight, bias, padding, residual)
+
+    def _some_terms(self, graph: Graph, match: BranchSum, whole: Branches):
+        """(branches, merged map, residual terms) when the sum as a whole is not one Conv of the
+        root but two or more of its terms are (DBB's depthwise form, whose average pool excludes
+        its padding): those merge into one Conv and the other terms are added to it. None when
+        fewer than two terms merge, or every term does (the refusal of the whole then stands)."""
+        terms, tree, stack = [], [], [(graph.node(match.anchor).output[0], True)]
+        while stack:  # the sum's terms, through the Adds and Sums only this sum reads
+            name, top = stack.pop()
+            index = graph.producer_of(name)
+            node = graph.node(index) if index is not None else None
+            if (is_op(node, "Add", "Sum") and not has_attribute_refs(node) and all(node.input)
+                    and (top or (name not in graph.outputs and graph.sole_consumer(name) is not None))):
+                tree.append(index)
+                stack.extend((n, False) for n in reversed(node.input))
+            else:
+                terms.append(name)
+        merged = Branches(whole.root, whole.channels, whole.rank, whole.dtype, graph=graph, covered=set(tree))
+        maps, residual = [], []
+        for term in terms:
+            branch = Branches(whole.root, whole.channels, whole.rank, whole.dtype, graph=graph)
+            m = self._express(graph, term, branch)
+            if isinstance(m, Refusal) or branch.covered & merged.covered:
+                residual.append(term)
+                continue
+            maps.append(m)
+            merged.covered |= branch.covered
+            merged.cone |= branch.cone
+            merged.cost += branch.cost
+        if len(maps) < 2 or not residual:
+            return None
+        try:
+            return merged, convmap.sum_maps(maps, merged.lengths), tuple(residual)
+        except FoldError:
+            return None
 
     def _at_every_size(self, graph: Graph, match: BranchSum, first: Branches):
         """(branches, merged map, auto_pad) when the sum is one Conv with auto_pad SAME at every
@@ -449,12 +490,20 @@ class MergeBranches(Pass):
         anchor = graph.node(match.anchor)
         base = anchor.name or anchor.output[0]
         padding = {"auto_pad": plan.auto_pad} if plan.auto_pad else {"pads": list(merged.pads)}
+        output = anchor.output[0]
+        sums = []
+        for position, term in enumerate(reversed(plan.residual)):  # conv + t1 + t2 ...: the last Add is the anchor's
+            sums.insert(0, helper.make_node(
+                "Add", ["", term], [output], name=anchor.name if position == 0 and anchor.name else
+                graph.fresh_name(f"{base}_residual")))
+            output = graph.fresh_name(f"{base}_merged")
+            sums[0].input[0] = output
         conv = helper.make_node(
             "Conv", [branches.root, graph.add_constant(weight, f"{base}_merged_weight"),
                      graph.add_constant(bias, f"{base}_merged_bias")],
-            [anchor.output[0]], name=anchor.name or graph.fresh_name(f"{base}_merged"),
+            [output], name=anchor.name if not sums and anchor.name else graph.fresh_name(f"{base}_merged"),
             group=merged.groups, kernel_shape=list(merged.kernel.shape[2:]), strides=list(merged.strides),
             dilations=list(merged.dilations), **padding)
-        graph.replace_node(match.anchor, conv)
+        graph.replace_with_nodes(match.anchor, [conv] + sums)
         for index in branches.covered - {match.anchor}:
             graph.remove_node(index)

@@ -476,3 +476,33 @@ def test_dbb_borders_that_are_not_the_branchs_padding_stay(kwargs, reason):
     assert op_counts(result)["Concat"] == 2
     assert any(reason in r.reason for r in report.refused), report.refused
     assert_same_function(model, result)
+
+
+def exclusive_pool(b, x):
+    """Paddle's AvgPool2D default (exclusive=True): the border averages fewer pixels, so it is not
+    a convolution."""
+    return b.batchnorm(b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=0), C)
+
+
+@pytest.mark.parametrize("build, ops", [
+    # PaddleClas's depthwise DBB: (3x3 + exclusive pool) + (1x1 -> 3x3)
+    (lambda b, x: add(b, add(b, conv_bn(b, x, 3, groups=C), exclusive_pool(b, x)),
+                      conv_bn(b, conv_bn(b, x, 1, pads=[0] * 4, groups=C, bn=False), 3, groups=C)),
+     {"Conv": 1, "AveragePool": 1, "BatchNormalization": 1, "Add": 1, "Relu": 1}),
+    # a nonlinear term among linear ones, in a Sum
+    (lambda b, x: b.node("Sum", [conv_bn(b, x, 3), b.node("Sigmoid", [x]), conv_bn(b, x, 1, pads=[0] * 4),
+                                 b.batchnorm(x, C)]),
+     {"Conv": 1, "Sigmoid": 1, "Add": 1, "Relu": 1}),
+], ids=["dbb_depthwise_exclusive_pool", "sum_with_a_sigmoid"])
+def test_terms_that_are_branches_merge_and_the_others_are_added(build, ops):
+    model = block_model(build)
+    result, report = optimize(model)
+    assert op_counts(result) == ops, report.refused
+    assert_same_function(model, result)
+
+
+def test_refuse_a_sum_with_one_branch_beside_other_terms():
+    """The negative twin: one convolution beside an exclusive pool and a Sigmoid has nothing to
+    merge with."""
+    refuse(lambda b, x: add(b, add(b, conv_bn(b, x, 3), exclusive_pool(b, x)), b.node("Sigmoid", [x])),
+           "excludes the padding")
