@@ -126,6 +126,17 @@ def optimize(model, **options):
     return result, report
 
 
+def assert_optimizes_to(model, ops: dict, rewrites: dict | None = None, **options):
+    """The positive case: the result has exactly these op counts (and these passes made these
+    many rewrites), and computes what the model computes."""
+    result, report = optimize(model, **options)
+    assert op_counts(result) == ops, report.refused
+    for name, count in (rewrites or {}).items():
+        assert report.passes[name].rewrites == count, (name, report.passes[name].rewrites)
+    assert_same_function(model, result)
+    return result, report
+
+
 def assert_unchanged(model, reason=None, **options):
     """The negative twin: nothing is rewritten, the bytes are identical, and the reason is recorded."""
     result, report = optimize(model, **options)

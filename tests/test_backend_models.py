@@ -4,7 +4,6 @@ with the same outputs; the `light` models with BatchNormalization have none left
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper

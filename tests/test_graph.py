@@ -2,7 +2,7 @@
 not recorded."""
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 from support import ModelBuilder
 
 from onnx_fuse.graph import Graph
