@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import re
+import signal
 import sys
 import time
 import traceback
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
     jobs = max(1, min(args.jobs, args.examples))
     per_job = [args.examples // jobs + (1 if i < args.examples % jobs else 0) for i in range(jobs)]
     work = [(args.seed + i, n, args.keep_going, args.save) for i, n in enumerate(per_job)]
+    # SIGTERM ends the run as Ctrl-C does: leaving the Pool's block terminates its workers, which
+    # would otherwise go on fuzzing as orphans.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(f"fuzz: {args.examples} examples in {jobs} processes, seeds {args.seed}..{args.seed + jobs - 1}")
     started = time.perf_counter()
     if jobs == 1:
