@@ -170,6 +170,8 @@ class Graph:
         self._value_info = None
         self._ranks: dict[str, int | None] = {}
         self._inferred = None
+        self.generation = 0  # the manager's round: shape inference is redone for a later one
+        self._inferred_at = -1
 
     # ---- index -------------------------------------------------------------------------
 
@@ -360,11 +362,16 @@ class Graph:
     def inferred_shape(self, name: str) -> list | None:
         """The shape of `name` by onnx's shape inference over the main graph as it stands (None
         for unknown dimensions, or when inference cannot tell). Run once, when first asked: only
-        the types of the weights go in, not their values."""
-        if self._inferred is None:
+        the types of the weights go in, not their values. Run when first asked, and again when
+        asked for a tensor it did not cover in a later round of the manager (a rewrite of an
+        earlier round made it): so the last round sees the graph as a second run would, and
+        running twice gives what running once gives."""
+        if self._inferred is None or (name not in self._inferred and self._inferred_at != self.generation):
             self._inferred = {}
             if self.parent is None and not self.is_function:
                 self._inferred = self._infer_shapes()
+            self._inferred_at = self.generation
+            self._ranks = {n: r for n, r in self._ranks.items() if r is not None}  # may be known now
         return self._inferred.get(name)
 
     def known_shape(self, name: str) -> list | None:

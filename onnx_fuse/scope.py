@@ -111,7 +111,10 @@ class GraphScope(Graph):
 
     def collect(self):
         """Remove the pure nodes whose outputs nothing reads any more (between rounds: a dead
-        reader must not count as a consumer), and note the initializers that may have gone."""
+        reader must not count as a consumer), and note the initializers that may have gone.
+        Ends a round of the manager."""
+        if self.changed:
+            self.generation += 1
         pending = self.maybe_unused + self.new_initializers
         self.maybe_unused = []
         while pending:

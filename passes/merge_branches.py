@@ -504,6 +504,12 @@ class MergeBranches(Pass):
             [output], name=anchor.name if not sums and anchor.name else graph.fresh_name(f"{base}_merged"),
             group=merged.groups, kernel_shape=list(merged.kernel.shape[2:]), strides=list(merged.strides),
             dilations=list(merged.dilations), **padding)
-        graph.replace_with_nodes(match.anchor, [conv] + sums)
-        for index in branches.covered - {match.anchor}:
+        if not sums:
+            graph.replace_node(match.anchor, conv)
+            first = match.anchor
+        else:  # the Conv where the first node reading the root stood (as a topological sort puts it)
+            first = min(i for i in branches.covered - {match.anchor} if branches.root in graph.node(i).input)
+            graph.replace_node(first, conv)
+            graph.replace_with_nodes(match.anchor, sums)
+        for index in branches.covered - {match.anchor, first}:
             graph.remove_node(index)
