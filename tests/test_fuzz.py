@@ -249,13 +249,13 @@ class GraphFuzzer:
         if self.opset < 14 and self.flag(5):
             # its statistics declared as outputs, unread: before opset 14 that is training mode
             self.nodes[-1].output.extend(self.fresh("statistic") for _ in range(4))
-            if self.dtype != np.float32:
-                # Training mode divides by the batch's own deviation: on a near-constant input it
-                # magnifies a one-ulp difference upstream (which any exact rewrite may make in
-                # float16) by 1 / sqrt(var + epsilon), past what the oracle can judge. Bounded here.
-                for attr in self.nodes[-1].attribute:
-                    if attr.name == "epsilon":
-                        attr.f = 1e-2
+            # Training mode divides by the batch's own deviation: on a near-constant input (a batch
+            # of 2 in one channel) it magnifies a one-ulp difference upstream, which any exact
+            # rewrite may make, by 1 / sqrt(var + epsilon), past what the oracle can judge (float16
+            # seed 2001; float32 seed 6000). Bounded here, without a draw, so seeds give the same graphs.
+            for attr in self.nodes[-1].attribute:
+                if attr.name == "epsilon":
+                    attr.f = 1e-2
         return self.add(out, x.shape)
 
     def sparse_add(self, x):
