@@ -211,3 +211,35 @@ def test_a_fold_after_a_partial_merge_happens_on_the_first_run():
     assert op_counts(once) == {"Conv": 3, "Relu": 2, "Add": 1}
     assert onnx_fuse.optimize(once).SerializeToString() == once.SerializeToString()
     assert_same_function(model, once)
+
+
+@pytest.mark.xfail(strict=True, reason="known: the manager does not run the main graph's passes again after a "
+                   "subgraph stops reading an outer name (fuzz seed 6001), so a second run removes the Identity")
+def test_an_identity_a_loop_body_stops_reading_goes_on_the_first_run():
+    rng = np.random.default_rng(1)
+    c = 4
+    w = numpy_helper.from_array(rng.normal(0, .3, (c, c, 1, 1)).astype(np.float32), "w")
+    stats = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in (
+        (rng.uniform(.5, 1.5, c), "s"), (rng.normal(0, .5, c), "b"), (rng.normal(0, .5, c), "m"),
+        (rng.uniform(.5, 2, c), "v"))]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Conv", ["xin", "wi"], ["cv"], name="conv_in_body"),
+         helper.make_node("BatchNormalization", ["cv", "s", "b", "m", "v"], ["xout"], name="bn_in_body")],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("xin", TensorProto.FLOAT, [1, c, 3, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("xout", TensorProto.FLOAT, [1, c, 3, 3])], stats)
+    trips = numpy_helper.from_array(np.array(2, np.int64), "trips")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["wi"], name="weight_identity"),
+         helper.make_node("Conv", ["x", "wi"], ["y1"], name="conv_outside"),
+         helper.make_node("Loop", ["trips", "", "x"], ["y2"], body=body)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 3, 3])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [1, c, 3, 3]),
+         helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, c, 3, 3])], [w, trips])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    once = onnx_fuse.optimize(model)
+    assert_same_function(model, once)
+    assert onnx_fuse.optimize(once).SerializeToString() == once.SerializeToString()
