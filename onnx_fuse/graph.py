@@ -361,8 +361,8 @@ class Graph:
 
     def inferred_shape(self, name: str) -> list | None:
         """The shape of `name` by onnx's shape inference over the main graph as it stands (None
-        for unknown dimensions, or when inference cannot tell). Run once, when first asked: only
-        the types of the weights go in, not their values. Run when first asked, and again when
+        for unknown dimensions, or when inference cannot tell). The weights go in by their
+        types (small integer ones with their values). Run when first asked, and again when
         asked for a tensor it did not cover in a later round of the manager (a rewrite of an
         earlier round made it): so the last round sees the graph as a second run would, and
         running twice gives what running once gives."""

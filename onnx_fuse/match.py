@@ -42,6 +42,13 @@ def conv_padding(node, kernel_shape, strides, dilations, sizes=None) -> tuple | 
         return tuple(attributes(node).get("pads", (0,) * (2 * rank)))
     if padding == "VALID":
         return (0,) * (2 * rank)
+    return same_padding(padding, kernel_shape, strides, dilations, sizes)
+
+
+def same_padding(padding: str, kernel_shape, strides, dilations, sizes=None) -> tuple | None:
+    """The pads auto_pad SAME_UPPER or SAME_LOWER gives (all begins, then all ends), None where
+    they depend on an input length that is not known."""
+    rank = len(kernel_shape)
     span = [d * (k - 1) + 1 for k, d in zip(kernel_shape, dilations)]
     known = sizes if sizes is not None and len(sizes) == rank else (None,) * rank
     total = []

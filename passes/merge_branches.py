@@ -27,7 +27,7 @@ from onnx_fuse.fold import FoldError
 from onnx_fuse.graph import Graph
 from onnx_fuse.linear import read_linear
 from onnx_fuse.match import (attributes, auto_pad, batchnorm_affine, conv_padding, elementwise_affine,
-                             has_attribute_refs, is_op)
+                             has_attribute_refs, is_op, same_padding)
 from onnx_fuse.rule import Pass, Plan, Refusal
 
 LINEAR_STEPS = ("Conv", "AveragePool", "BatchNormalization", "Mul", "Add", "Sub", "Div", "Sum",
@@ -79,13 +79,6 @@ class Branches:
         if shape is None or len(shape) != self.rank + 2:
             return None
         return shape[2:]
-
-    def lengths(self):
-        """sizes() for sum_maps, which asks only when the merge depends on them."""
-        sizes = self.sizes()
-        if sizes is None or any(not isinstance(n, int) for n in sizes):
-            self.unsized.append(None)
-        return sizes
 
 
 def conv_map(graph: Graph, index: int, br: Branches | None = None) -> ConvMap | Refusal:
@@ -190,13 +183,8 @@ def shape_cone(graph: Graph, name: str, limit: int = 64) -> set | None:
     return cone
 
 
-def conv_node(padding: str):
-    """A stand-in Conv with this auto_pad, for conv_padding."""
-    return helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=padding)
-
-
 def same_map(a: ConvMap, b: ConvMap) -> bool:
-    return (a.kernel.shape == b.kernel.shape and np.array_equal(a.kernel, b.kernel) and np.array_equal(a.bias, b.bias)
+    return (np.array_equal(a.kernel, b.kernel) and np.array_equal(a.bias, b.bias)
             and (a.groups, a.strides, a.dilations) == (b.groups, b.strides, b.dilations))
 
 
@@ -308,7 +296,7 @@ class MergeBranches(Pass):
         if len(maps) < 2 or not residual:
             return None
         try:
-            return merged, convmap.sum_maps(maps, merged.lengths), tuple(residual)
+            return merged, convmap.sum_maps(maps, merged.sizes), tuple(residual)
         except FoldError:
             return None
 
@@ -320,9 +308,8 @@ class MergeBranches(Pass):
         merges agree and each one's pads are what SAME gives the merged kernel at that length.
         Branches of identical geometry pass; a strided 3x3 beside a 1x1 does not (the 1x1 lands
         on the 3x3's corner or centre by the parity of n). None otherwise."""
-        index = next((i for i in first.unsized if i is not None), None)
-        conv = graph.node(index) if index is not None else None
-        if conv is None or auto_pad(conv) not in ("SAME_UPPER", "SAME_LOWER"):
+        conv = graph.node(first.unsized[0])
+        if auto_pad(conv) not in ("SAME_UPPER", "SAME_LOWER"):
             return None
         padding = auto_pad(conv)
         rank = first.rank
@@ -338,8 +325,7 @@ class MergeBranches(Pass):
             merged = self._express(graph, graph.node(match.anchor).output[0], br, top=True)
             if isinstance(merged, Refusal) or any(d != 1 for d in merged.dilations):
                 return None  # (onnxruntime has no SAME with dilations)
-            runtime = conv_padding(conv_node(padding), merged.kernel.shape[2:], merged.strides,
-                                   merged.dilations, lengths)
+            runtime = same_padding(padding, merged.kernel.shape[2:], merged.strides, merged.dilations, lengths)
             if runtime != tuple(merged.pads):
                 return None
             if result is None:
@@ -417,7 +403,7 @@ class MergeBranches(Pass):
                 if isinstance(inner, Refusal):
                     return inner
                 maps.append(convmap.negate(inner) if op == "Sub" and position == 1 else inner)
-            return convmap.sum_maps(maps, br.lengths)
+            return convmap.sum_maps(maps, br.sizes)
         return Refusal(f"{op} '{node.name}' in a branch does not scale or sum branches")
 
     def _border(self, graph, node, br: Branches):
