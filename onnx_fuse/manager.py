@@ -44,11 +44,14 @@ class PassManager:
         """Rewrite `model` in place. True if anything changed."""
         self.names = NameScope.of(model)
         opset = default_opset(model.opset_import)
-        changed = self._scope(model.graph, opset, model.ir_version, parent=None, where="graph")
+        refused = []
+        changed = self._scope(model.graph, opset, model.ir_version, None, "graph", refused)
         for function in model.functions:
             f_opset = default_opset(function.opset_import) or opset
-            changed |= self._scope(function, f_opset, model.ir_version, parent=None,
-                                   where=f"function {function.domain}:{function.name}")
+            changed |= self._scope(function, f_opset, model.ir_version, None,
+                                   f"function {function.domain}:{function.name}", refused)
+        for entry in refused:
+            self.report.refuse(*entry)
         return changed
 
     def _view(self, container, opset, ir_version, parent):
@@ -57,10 +60,40 @@ class PassManager:
                           parent=parent, fold_overridable=self.fold_overridable,
                           external=self.external, input_shapes=self.input_shapes if main else None)
 
-    def _scope(self, container, opset, ir_version, parent, where) -> bool:
+    def _scope(self, container, opset, ir_version, parent, where, refused: list) -> bool:
+        """Run the passes to a fixed point over `container` and, inside it, over every subgraph.
+
+        A subgraph that changes may stop reading a name of `container` (an Identity a Loop body read,
+        say), which lets the passes do more here; and what they do here may let a subgraph do more.
+        So the two alternate until neither changes. What was refused is appended to `refused` as
+        (pass, where, node, reason), from the last time each graph was looked at.
+        """
+        changed = False
+        nested_refused: list = []
+        descended = False
+        for _ in range(MAX_ROUNDS):
+            own_changed, own_refused = self._rounds(container, opset, ir_version, parent, where)
+            changed |= own_changed
+            if descended and not own_changed:
+                break  # the subgraphs are at their fixed point and nothing around them changed
+            descended = True
+            nested_refused = []
+            if not self._descend(container, opset, ir_version, parent, where, nested_refused):
+                break
+            changed = True
+            # subgraphs may have stopped reading an outer initializer
+            view = self._view(container, opset, ir_version, parent)
+            view.sweep()
+            view.commit()
+        refused.extend(own_refused)
+        refused.extend(nested_refused)
+        return changed
+
+    def _rounds(self, container, opset, ir_version, parent, where) -> tuple[bool, list]:
+        """The passes over `container` alone, round after round until one changes nothing."""
         changed = False
         view = self._view(container, opset, ir_version, parent)
-        for _ in range(MAX_ROUNDS):  # until a round changes nothing
+        for _ in range(MAX_ROUNDS):
             refusals = {}
             round_changed = False
             idioms = find_idioms(view, view.indices_of)
@@ -73,9 +106,9 @@ class PassManager:
             if not round_changed:
                 break
         view.commit()
-        del view
-        for (pass_name, node_name), reason in refusals.items():
-            self.report.refuse(pass_name, where, node_name, reason)
+        return changed, [(pass_name, where, node_name, reason) for (pass_name, node_name), reason in refusals.items()]
+
+    def _descend(self, container, opset, ir_version, parent, where, refused: list) -> bool:
         nested = False
         outer = None
         for node in container.node:
@@ -83,13 +116,8 @@ class PassManager:
                 if outer is None:
                     outer = self._view(container, opset, ir_version, parent)
                 nested |= self._scope(sub, opset, ir_version, outer,
-                                      where=f"{where} / {node.op_type} {node.name or node.output[0]}")
-        if nested:
-            # subgraphs may have stopped reading an outer initializer
-            view = self._view(container, opset, ir_version, parent)
-            view.sweep()
-            view.commit()
-        return changed or nested
+                                      f"{where} / {node.op_type} {node.name or node.output[0]}", refused)
+        return nested
 
     def _sweep(self, rule, view: GraphScope, refusals: dict, where: str, idioms: dict) -> bool:
         changed = False
