@@ -107,7 +107,7 @@ class Graph:
     """One graph or function body, as a pass sees it. What a pass may use, and nothing else:
 
     reading        node(i)  nodes()  producer_of(name)  readers(name)  sole_consumer(name)  consumer_count(name)
-                   read_by_subgraph(name)  inputs  outputs  opset  original_size
+                   read_by_subgraph(name)  declared_names()  inputs  outputs  opset  original_size
     constants      is_constant(name)  constant(name)  constant_type(name)  is_initializer(name)
     shapes         shape(name)  inferred_shape(name)  known_shape(name)  rank(name)  shape_value(name)
     editing        add_constant(values, hint)  set_constant_input(i, slot, values, hint, freed)
@@ -227,6 +227,16 @@ class Graph:
         """Whether a subgraph (an If branch, a Loop body) reads `name` from this scope by name."""
         readers = self.readers(name)  # one entry per read, through subgraphs too
         return len(readers) != sum(list(self.node(r).input).count(name) for r in set(readers))
+
+    def declared_names(self) -> set:
+        """The names the graph declares apart from its nodes: inputs, outputs, initializers (sparse
+        ones too) and the tensors it records a type for (value_info)."""
+        names = set(self.inputs) | set(self.outputs)
+        if not self.is_function:
+            names.update(t.name for t in self.container.initializer)
+            names.update(t.values.name for t in self.container.sparse_initializer)
+            names.update(vi.name for vi in self.container.value_info)
+        return names
 
     def nodes(self):
         """Every node now in the graph, by number (removed ones left out)."""

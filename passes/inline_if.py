@@ -50,11 +50,7 @@ def all_names(graph, into: set):
 def names_beside(graph: Graph, branch) -> set:
     """The tensor and node names of the enclosing graph, and of every subgraph in it but `branch`:
     once the branch's nodes stand in the enclosing graph, none of its names may be one of these."""
-    names = set(graph.inputs) | set(graph.outputs)
-    container = graph.container
-    if not graph.is_function:
-        names.update(t.name for t in container.initializer)
-        names.update(vi.name for vi in container.value_info)
+    names = graph.declared_names()
     for node in graph.nodes():
         names.update(node.input)
         names.update(node.output)

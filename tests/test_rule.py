@@ -1,6 +1,10 @@
 """The pass contract: check returns a Plan or a Refusal, and the manager accepts nothing else."""
 
+import ast
+import inspect
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from onnx import helper
@@ -71,3 +75,36 @@ def test_every_default_pass_has_a_name_a_summary_and_anchors():
     names = [p.name for p in DEFAULT_PASSES]
     assert len(set(names)) == len(names)
     assert all(p.name and p.summary and p.anchors for p in DEFAULT_PASSES)
+
+
+def _graph_api() -> set:
+    """The names Graph's docstring lists as what a pass may use."""
+    from onnx_fuse.graph import Graph
+    names = set()
+    for line in inspect.cleandoc(Graph.__doc__).split("\n\n")[1].splitlines():
+        words = re.sub(r"\([^)]*\)", "", line).split()
+        names.update(words if line.startswith(" ") else words[1:])  # a line's first word is its heading
+    return names
+
+
+def _graph_reads(path: Path):
+    """(line, attribute) of every attribute a function reads of its parameter annotated Graph."""
+    for function in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = {a.arg for a in function.args.args + function.args.kwonlyargs
+                  if a.annotation is not None and ast.unparse(a.annotation).strip("'\"") in ("Graph", "Graph | None")}
+        for node in ast.walk(function):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in params:
+                yield node.lineno, node.attr
+
+
+def test_passes_use_only_the_graph_api_it_documents():
+    root = Path(__file__).resolve().parents[1]
+    api = _graph_api()
+    assert {"node", "readers", "shape_value", "fresh_name", "declared_names", "opset"} <= api
+    assert not api & {"reading", "editing", "container", "i", "name"}
+    files = sorted((root / "passes").glob("*.py")) + [root / "onnx_fuse" / m for m in ("linear.py", "match.py")]
+    outside = [f"{path.relative_to(root)}:{line}: graph.{attr}"
+               for path in files for line, attr in _graph_reads(path) if attr not in api]
+    assert not outside, "not in Graph's documented API:\n" + "\n".join(outside)
