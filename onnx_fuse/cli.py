@@ -4,6 +4,7 @@ before the arguments are parsed, so `--version` and `--help` answer at once."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -216,6 +217,11 @@ def plan(inputs: list, output: str | None) -> tuple[list, list, bool, str]:
             sources += found
         else:
             sources.append(item)
+    given = {}  # one path named twice (directly and in its folder, say) would be written twice
+    for source in sources:
+        twice = given.setdefault(os.path.abspath(source), source)
+        if twice is not source:
+            raise InputError(f"{source}: given twice (also as {twice}); give each model once")
     out = Path(output)
     several = len(sources) > 1 or Path(inputs[0]).is_dir()
     if not several and not _is_folder_name(output):
@@ -227,14 +233,20 @@ def plan(inputs: list, output: str | None) -> tuple[list, list, bool, str]:
                          f"(write -o {out.with_suffix('')}/ or name a folder)")
     if not out.parent.is_dir():
         raise InputError(f"{out}: its parent folder does not exist")
+    return sources, [out / source.name for source in sources], several, output
+
+
+def make_output_folder(out: Path):
+    """Create the output folder of several inputs (once every claim has held, so that a refused
+    run leaves no folder behind) and check that it takes files."""
+    from . import io
+    from .io import InputError
+
     try:
         out.mkdir(exist_ok=True)
     except OSError as error:
         raise InputError(f"{out}: cannot create the output folder ({error.strerror})") from None
-    from . import io
-
     io.check_writable(out)
-    return sources, [out / source.name for source in sources], several, output
 
 
 def claim_files(sources, destinations, several, args):
@@ -340,6 +352,8 @@ def _main(argv=None) -> int:
                        external_threshold=args.external_data_threshold)
         select_passes(options["passes"], options["skip"])
         guard = claim_files(sources, destinations, several, args)
+        if several or _is_folder_name(output):
+            make_output_folder(Path(output))
     except (UsageError, InputError, ValueError) as error:
         print(f"onnx-fuse: error: {error}", file=sys.stderr)
         return EXIT_USAGE

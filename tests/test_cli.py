@@ -176,7 +176,9 @@ def test_several_inputs_refuse_a_file_name(model_file, tmp_path, capsys, output)
 def test_several_inputs_refuse_an_existing_file(model_file, tmp_path, capsys):
     target = tmp_path / "target"
     target.write_bytes(b"keep")
-    assert main([str(model_file), str(model_file), "-o", str(target)]) == EXIT_USAGE
+    other = tmp_path / "other.onnx"
+    other.write_bytes(model_file.read_bytes())
+    assert main([str(model_file), str(other), "-o", str(target)]) == EXIT_USAGE
     assert "this is a file" in one_error_line(capsys)
     assert target.read_bytes() == b"keep"
 

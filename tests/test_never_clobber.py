@@ -68,6 +68,48 @@ def test_two_inputs_of_one_name_into_one_folder_are_refused_before_writing(tmp_p
     assert list(out.iterdir()) == []
 
 
+def test_a_refused_run_leaves_no_output_folder(tmp_path, capsys):
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        onnx.save(conv_bn_model(seed), str(tmp_path / folder / "m.onnx"))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out), "-q"]) == EXIT_USAGE
+    one_error_line(capsys, "would both be written here")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["twice", "folder_and_file", "dot_dot"])
+def test_one_model_given_twice_is_refused_before_writing(tmp_path, capsys, how):
+    """Its output would be written twice, the second time over an output of the same run."""
+    (tmp_path / "in").mkdir()
+    model = tmp_path / "in" / "m.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    other = {"twice": str(model), "folder_and_file": str(tmp_path / "in"),
+             "dot_dot": str(tmp_path / "in" / ".." / "in" / "m.onnx")}[how]
+    out = tmp_path / "out"
+    assert main([str(model), other, "-o", str(out), "-q"]) == EXIT_USAGE
+    one_error_line(capsys, "given twice")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("link", [os.symlink, os.link])
+def test_two_names_of_one_model_are_two_outputs_but_not_two_writes_in_place(tmp_path, capsys, link):
+    """A link is a model of its own name (a folder's latest.onnx beside v3.onnx): it gets its own
+    output. In place, both would write the one file, and that is refused."""
+    (tmp_path / "in").mkdir()
+    model = tmp_path / "in" / "m.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    link(model, tmp_path / "in" / "latest.onnx")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "in"), "-o", str(out), "-q"]) == EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == ["latest.onnx", "m.onnx"]
+    assert (out / "latest.onnx").read_bytes() == (out / "m.onnx").read_bytes()
+    before = model.read_bytes()
+    assert main([str(tmp_path / "in"), "-o", str(tmp_path / "in"), "--inplace", "-q"]) == EXIT_USAGE
+    one_error_line(capsys, "would both be written here")
+    assert model.read_bytes() == before
+
+
 def test_an_output_over_another_input_of_the_run_is_refused(tmp_path, capsys):
     (tmp_path / "a").mkdir()
     out = tmp_path / "out"
