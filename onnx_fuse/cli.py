@@ -91,7 +91,7 @@ def _build_parser():
     check.add_argument("--atol", type=_tolerance, metavar="A",
                        help="absolute tolerance: |result - original| <= atol + rtol*|original| (default: "
                             "1e-5 float32, 1e-2 float16, 5e-2 bfloat16, times each output's largest value)")
-    check.add_argument("--trials", type=_positive, metavar="N",
+    check.add_argument("--trials", type=_at_least(1), metavar="N",
                        help="random input sets to run (default 1, or one per value an integer input is "
                             "compared with, up to 8)")
     check.add_argument("--load-inputs", action="append", default=[], metavar="FILE",
@@ -108,7 +108,7 @@ def _build_parser():
     out.add_argument("--external-data", metavar="NAME",
                      help="write tensors to the file NAME beside the output (default when the input has "
                           "external data or the result exceeds 2 GB: OUT's name + .data)")
-    out.add_argument("--external-data-threshold", metavar="BYTES", type=int, default=1024,
+    out.add_argument("--external-data-threshold", metavar="BYTES", type=_at_least(0), default=1024,
                      help="with external data, tensors of at least this many bytes go to the data file "
                           "(default 1024)")
     parser.add_argument("--version", action="version", version=f"onnx-fuse {__version__}")
@@ -122,11 +122,16 @@ def _tolerance(text):
     return value
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
-    return value
+def _at_least(low):
+    def whole(text):
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {low}")
+        return value
+    whole.__name__ = "whole number"  # what argparse calls it when int() fails
+    return whole
+
+
 
 
 def parse_args(argv):
@@ -293,9 +298,18 @@ def write_report(path, document: dict, guard):
     io.write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
-def _print_refusals(report):
+def _print_refusals(report, out):
     for r in report.refused:
-        print(f"  refused {r.pass_name} at {r.node} ({r.where}): {r.reason}")
+        print(f"  refused {r.pass_name} at {r.node} ({r.where}): {r.reason}", file=out)
+
+
+def _is_stdout(path) -> bool:
+    """Whether writing `path` writes this program's standard output (/dev/stdout, a pipe's
+    /proc/self/fd/1): then what the run says goes to standard error instead."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class Terminated(BaseException):
@@ -359,7 +373,9 @@ def _main(argv=None) -> int:
         return EXIT_USAGE
     from .report import RunTable, model_record, report_document
 
-    table = RunTable(sys.stdout) if several and not args.quiet else None
+    args.say_on_stderr = any(map(_is_stdout, destinations + ([args.report] if args.report else [])))
+
+    table = RunTable(sys.stderr if args.say_on_stderr else sys.stdout) if several and not args.quiet else None
     if table is not None:
         table.start(len(sources), output)
     worst = EXIT_OK
@@ -415,10 +431,11 @@ def _one(source: Path, destination: Path, options: dict, args, several: bool):
               file=sys.stderr)
         return EXIT_INTERNAL, None, f"{type(error).__name__}: {error}"
     if not args.quiet and (not several or args.verbose):
-        print(f"onnx-fuse: {source} -> {destination}")
-        print(report.summary())
+        out = sys.stderr if args.say_on_stderr else sys.stdout
+        print(f"onnx-fuse: {source} -> {destination}", file=out)
+        print(report.summary(), file=out)
         if args.verbose:
-            _print_refusals(report)
+            _print_refusals(report, out)
     for pass_name, where, node in report.undone:
         print(f"onnx-fuse: warning: {source}: undid {pass_name} at {node} ({where}): it changed the outputs",
               file=sys.stderr)

@@ -577,8 +577,8 @@ def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None,
     """The data file to write beside `path`, or None when the model fits in one file."""
     if data_name is None and not needs_external_data(model, external):
         return None
-    data_name = data_name or f"{path.name}.data"
-    if "\0" in data_name or Path(data_name).name != data_name or data_name in (".", "..") or data_name == path.name:
+    data_name = f"{path.name}.data" if data_name is None else data_name
+    if not data_name or "\0" in data_name or Path(data_name).name != data_name or data_name in (".", "..") or data_name == path.name:
         raise InputError(f"--external-data {data_name!r}: give a plain file name other than the model's")
     return data_name
 
@@ -628,31 +628,40 @@ def check_writable(folder: Path):
 class staged:
     """A temporary folder beside `path`; on success its files are renamed into place (data files
     first, the model last), on failure or interruption the folder is removed. Nothing partial is
-    ever visible."""
+    ever visible.
+
+    A `path` that is a device or a pipe (/dev/null, /dev/stdout) is written into, not replaced:
+    the file is staged in the system's temporary folder and then copied there. Such an output
+    cannot have a data file beside it."""
 
     def __init__(self, path):
         self.path = Path(path)
         self.folder = self.path.parent if str(self.path.parent) else Path(".")
+        self.stream = self.path.exists() and not self.path.is_file() and not self.path.is_dir()
 
     def __enter__(self) -> Path:
         if not self.folder.is_dir():
             raise InputError(f"{self.path}: the output folder {self.folder} does not exist")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory; give a file name for the output")
-        remove_stale_stages(self.folder)
+        where = Path(tempfile.gettempdir()) if self.stream else self.folder
+        remove_stale_stages(where)
         try:
             self.stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_HOST}-{self.path.name}.",
-                                               dir=self.folder))
+                                               dir=where))
         except OSError as error:
-            raise InputError(f"{self.path}: cannot write in {self.folder} ({error.strerror})") from None
+            raise InputError(f"{self.path}: cannot write in {where} ({error.strerror})") from None
         return self.stage
 
     def __exit__(self, kind, error, trace):
         try:
             if kind is None:
                 written = sorted(self.stage.iterdir(), key=lambda p: p.name == self.path.name)
-                for item in written:
-                    os.replace(item, self.folder / item.name)
+                if self.stream:
+                    self._write_into(written)
+                else:
+                    for item in written:
+                        os.replace(item, self.folder / item.name)
         except OSError as failure:
             raise InputError(f"{self.path}: cannot write ({failure.strerror})") from None
         finally:
@@ -660,6 +669,13 @@ class staged:
         if isinstance(error, OSError):
             raise InputError(f"{self.path}: cannot write ({error.strerror})") from None
         return False
+
+    def _write_into(self, written: list):
+        if [item.name for item in written] != [self.path.name]:
+            raise InputError(f"{self.path}: is a device or a pipe, and this output needs its external data "
+                             f"in a file beside it; give a file name")
+        with open(written[0], "rb") as source, open(self.path, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
 
 
 def write_bytes(path, data: bytes):

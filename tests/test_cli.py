@@ -215,6 +215,22 @@ def test_input_shape_is_checked(model_file, tmp_path, capsys, shape, message):
     assert not (tmp_path / "o.onnx").exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--external-data", ""], "give a plain file name"),
+    (["--external-data-threshold", "-5"], "give a whole number >= 0"),
+    (["--external-data-threshold", "x"], "invalid whole number value"),
+    (["--trials", "0"], "give a whole number >= 1"),
+])
+def test_output_and_verification_numbers_are_checked(model_file, tmp_path, capsys, option, message):
+    try:
+        code = main([str(model_file), str(tmp_path / "o.onnx"), *option])
+    except SystemExit as stop:  # what argparse refuses
+        code = stop.code
+    assert code == EXIT_USAGE
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
 def dynamic_model_file(tmp_path):
     b = ModelBuilder()
     b.output(b.batchnorm(conv(b, b.input(["N", 4, "H", "W"]), 4, 4), 4))

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,81 @@ def test_report_is_written_atomically(tmp_path, monkeypatch):
     assert main([str(model), "-o", str(tmp_path / "out.onnx"), "--report", str(report), "-q"]) == EXIT_OK
     assert report.read_text().startswith("{")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "r.json"]
+
+
+# ---- outputs that are devices or pipes -----------------------------------------------------------
+
+def _read_fifo_in_background(fifo: Path) -> list:
+    got = []
+
+    def drain():
+        with open(fifo, "rb") as handle:
+            got.append(handle.read())
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    got.append(thread)
+    return got
+
+
+def _fifo(tmp_path) -> Path:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    return fifo
+
+
+@pytest.mark.parametrize("what", ["output", "report"])
+def test_a_pipe_or_device_is_written_into_not_replaced(tmp_path, what):
+    """`onnx-fuse in.onnx /dev/null --verify`, `--report /dev/stdout`: replacing the device by a
+    file (as root, /dev/null itself) would be the worst thing an atomic write can do."""
+    fifo = _fifo(tmp_path)
+    model = tmp_path / "in.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    regular = tmp_path / "regular"
+    regular.mkdir()
+    got = _read_fifo_in_background(fifo)
+    if what == "output":
+        assert main([str(model), str(fifo), "-q"]) == EXIT_OK
+        assert main([str(model), str(regular / "out.onnx"), "-q"]) == EXIT_OK
+        expected = (regular / "out.onnx").read_bytes()
+    else:
+        assert main([str(model), str(regular / "out.onnx"), "--report", str(fifo), "-q"]) == EXIT_OK
+        expected = None
+    got[0].join(10)
+    assert fifo.is_fifo()
+    assert len(got) == 2, "nothing was written into the pipe"
+    if expected is not None:
+        assert got[1] == expected
+    else:
+        assert got[1].startswith(b"{") and b'"schema"' in got[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "pipe", "regular"]
+
+
+def test_a_pipe_cannot_take_an_output_with_external_data(tmp_path, capsys):
+    fifo = _fifo(tmp_path)
+    model = tmp_path / "in.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    assert main([str(model), str(fifo), "--external-data", "w.data", "-q"]) == EXIT_USAGE
+    one_error_line(capsys, "a device or a pipe", "give a file name")
+    assert fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "pipe"]
+
+
+def test_a_model_written_to_standard_output_is_not_mixed_with_the_summary(tmp_path):
+    """`onnx-fuse in.onnx /dev/stdout | ...`: the stream is the model alone; the summary goes to
+    standard error."""
+    if not Path("/dev/stdout").exists():
+        pytest.skip("no /dev/stdout here")
+    model = tmp_path / "in.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    run = subprocess.run([sys.executable, "-m", "onnx_fuse", str(model), "/dev/stdout"], capture_output=True,
+                         cwd=tmp_path)
+    assert run.returncode == EXIT_OK, run.stderr
+    assert op_counts(onnx.load_from_string(run.stdout)) == {"Conv": 1}
+    assert b"nodes" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
 
 
 # ---- folders that cannot be written --------------------------------------------------------------
