@@ -67,6 +67,8 @@ def load_path(path: Path, lazy: bool = False) -> onnx.ModelProto:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an .onnx file")
+    if not path.is_file():  # read once it would be gone: the checks and the job each read the model
+        raise InputError(f"{path}: is a pipe or a device, not a file; save the model to a file first")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     model = _parse_leaving_weights(path) if lazy else None

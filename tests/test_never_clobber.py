@@ -303,6 +303,14 @@ def test_a_pipe_cannot_take_an_output_with_external_data(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "pipe"]
 
 
+def test_a_pipe_as_input_is_one_clear_line(tmp_path, capsys):
+    """A pipe can be read once; it was reported as 'the file is empty'."""
+    fifo = _fifo(tmp_path)
+    assert main([str(fifo), str(tmp_path / "o.onnx"), "-q"]) == EXIT_USAGE
+    one_error_line(capsys, "is a pipe or a device", "save the model to a file first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
 def test_a_model_written_to_standard_output_is_not_mixed_with_the_summary(tmp_path):
     """`onnx-fuse in.onnx /dev/stdout | ...`: the stream is the model alone; the summary goes to
     standard error."""
