@@ -280,6 +280,7 @@ def optimize_file(src, dst, passes=None, skip=(), *, inplace: bool = False, veri
     shapes = check_input_shapes(source, input_shapes)
     guard = guard if guard is not None else io.WriteGuard()
     guard.add_model(src, source)
+    guard.add_inputs_files(options.input_files() if options is not None else ())
     owner, replaceable = str(src), io.model_files(src, source) if inplace else ()
     guard.claim(dst, f"the output of {src}", owner, replaceable)
     external = io.ExternalData(src.absolute())

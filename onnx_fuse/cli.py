@@ -273,6 +273,7 @@ def claim_files(sources, destinations, several, args):
                 continue  # its own job says what is wrong with it
             guard.add_model(source, model)
             replaceable[source] = io.model_files(source, model)
+    guard.add_inputs_files(args.load_inputs)  # the verification reads them too
     for source, destination in zip(sources, destinations):
         mine = replaceable[source] if args.inplace else ()
         guard.claim(destination, f"the output of {source}", str(source), mine)

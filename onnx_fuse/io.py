@@ -730,6 +730,11 @@ class WriteGuard:
                 raise InputError(f"{path}: {what} is also where {self.outputs[key][0]} would be written; "
                                  f"choose another output name")
 
+    def add_inputs_files(self, paths):
+        """Register the files of real inputs the verification reads (--load-inputs)."""
+        for path in paths:
+            self.add_input(Path(path), f"the inputs file {path}", "--load-inputs")
+
     def add_model(self, path: Path, model: onnx.ModelProto):
         for index, file in enumerate(model_files(path, model)):
             self.add_input(file, f"the input model {path}" if index == 0 else f"external data of {path}", str(path))

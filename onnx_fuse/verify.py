@@ -92,6 +92,11 @@ class VerifyOptions:
             return verify
         raise ValueError(f"verify is True, False, 'bisect' or a VerifyOptions, not {verify!r}")
 
+    def input_files(self) -> list:
+        """The files `inputs` names (the run reads them, so it must not write over them)."""
+        given = self.inputs if isinstance(self.inputs, (list, tuple)) else [self.inputs]
+        return [Path(item) for item in given if isinstance(item, (str, os.PathLike))]
+
 
 def session(model: onnx.ModelProto, external_folder=None):
     """An onnxruntime session with its optimizations off; tensors left in external files are read

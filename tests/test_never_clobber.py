@@ -243,6 +243,34 @@ def test_report_is_written_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "r.json"]
 
 
+@pytest.mark.parametrize("over", ["output", "report", "external_data"])
+def test_the_verifications_inputs_file_is_never_written_over(tmp_path, capsys, over):
+    """--load-inputs feeds.npz is read by the run: the report used to land on it."""
+    model = tmp_path / "in.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, **FEEDS)
+    before = files(tmp_path)
+    out = {"output": ["-o", str(feeds)], "report": ["-o", str(tmp_path / "o.onnx"), "--report", str(feeds)],
+           "external_data": ["-o", str(tmp_path / "o.onnx"), "--external-data", "feeds.npz"]}[over]
+    assert main([str(model), "--load-inputs", str(feeds), *out, "-q"]) == EXIT_USAGE
+    one_error_line(capsys, "would overwrite the inputs file")
+    assert files(tmp_path) == before
+
+
+def test_the_apis_verification_inputs_file_is_never_written_over(tmp_path):
+    from onnx_fuse.verify import VerifyOptions
+
+    model = tmp_path / "in.onnx"
+    onnx.save(conv_bn_model(), str(model))
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, **FEEDS)
+    before = files(tmp_path)
+    with pytest.raises(io.InputError, match="would overwrite the inputs file"):
+        onnx_fuse.optimize_file(model, feeds, verify=VerifyOptions(inputs=[{}, str(feeds)]))
+    assert files(tmp_path) == before
+
+
 # ---- outputs that are devices or pipes -----------------------------------------------------------
 
 def _read_fifo_in_background(fifo: Path) -> list:
