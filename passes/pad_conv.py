@@ -2,7 +2,8 @@
 ZeroPadding2D, tf2onnx's explicit Pad before a strided Conv), so that the branches behind it
 merge and a fold before it sees an unpadded input. Refuses a Pad that is not constant zeros,
 pads the batch or channel axes, crops, or has a reader that cannot take the padding (MaxPool,
-auto_pad SAME, AveragePool that excludes its padding from the count).
+auto_pad SAME, AveragePool that excludes its padding from the count or whose pads would reach
+its kernel size: onnxruntime refuses pads >= kernel).
 """
 
 from __future__ import annotations
@@ -71,7 +72,13 @@ def reader_pads(node, added: list) -> list | Refusal:
             return Refusal("AveragePool with ceil_mode=1")
         if any(own) and not attrs.get("count_include_pad", 0):
             return Refusal("AveragePool excludes its own padding from the count (count_include_pad=0)")
-    return [a + b for a, b in zip(own, added)]
+    pads = [a + b for a, b in zip(own, added)]
+    if node.op_type == "AveragePool":
+        kernel = list(attrs.get("kernel_shape", ()))
+        rank = len(pads) // 2
+        if len(kernel) != rank or any(p >= kernel[i % rank] for i, p in enumerate(pads)):
+            return Refusal("AveragePool would pad by its kernel size or more, which onnxruntime refuses")
+    return pads
 
 
 class FoldZeroPad(Pass):

@@ -557,7 +557,7 @@ class GraphFuzzer:
         count = self.int(2, 4)
         odd_one = self.int(0, count - 1) if self.flag(20) else None
         for position in range(count):
-            kinds = ["conv", "conv_bn", "conv_bn", "conv_then_conv", "conv", "conv_bn"]
+            kinds = ["conv", "conv_bn", "conv_bn", "conv_then_conv", "conv", "conv_bn", "bordered"]
             if cout == c:
                 kinds += ["avgpool"] * 3
                 if same_size:
@@ -585,11 +585,13 @@ class GraphFuzzer:
             elif kind == "conv_then_conv":
                 mid = self.add(self.node("Conv", [x.name, self.weight((c, c, *[1] * rank))]), x.shape)
                 y = self.branch_conv(mid, cout, g, stride, target)
+            elif kind == "bordered":
+                y = self.bordered_branch(x, cout, g, stride, target)
             else:
                 y = self.branch_conv(x, cout, g, stride, target)
             if y is None:
                 continue
-            if kind in ("conv_bn", "conv_then_conv") and self.flag(70):
+            if kind in ("conv_bn", "conv_then_conv", "bordered") and self.flag(70):
                 y = self.batchnorm(y)
             if kind == "relu_conv":
                 y = self.add(self.node("Relu", [y.name]), y.shape)
@@ -647,6 +649,172 @@ class GraphFuzzer:
         shape = (1, y.shape[1]) + (1,) * (len(y.shape) - 2) if self.flag(70) else ()
         c = self.constant(self.rng.uniform(0.5, 1.5, shape), "num")
         return self.add(self.node("Div", [c, y.name]), y.shape)
+
+    def zero_pad(self, x):
+        """Keras' ZeroPadding2D, tf2onnx's explicit Pad before a strided Conv: a Pad read by Conv or
+        AveragePool (pad_conv moves zeros into their pads), and its near-misses: another value,
+        reflect or edge mode, the channel axis padded, a crop, a reader with auto_pad SAME or that
+        excludes the padding from its count."""
+        rank = len(x.shape)
+        kind = self.choice(["zero"] * 6 + ["value", "reflect", "edge", "channel", "crop"])
+        begin = [0, 0] + [self.int(0, 2) for _ in x.shape[2:]]
+        end = [0, 0] + [self.int(0, 2) for _ in x.shape[2:]]
+        if kind == "reflect":  # reflect takes at most size - 1 on each side
+            begin = [min(p, n - 1) for p, n in zip(begin, x.shape)]
+            end = [min(p, n - 1) for p, n in zip(end, x.shape)]
+        elif kind == "channel":
+            begin[1] = self.int(1, 2)
+        elif kind == "crop":
+            axis = self.choice([a for a in range(2, rank) if x.shape[a] > 1] or [None])
+            if axis is not None:
+                end[axis] = -1
+        pads = self.source(np.array(begin + end, dtype=np.int64), self.fresh("pads"))
+        inputs = [x.name, pads]
+        if kind == "value":
+            inputs.append(self.constant(np.array(self.rng.uniform(0.5, 2.0)), "padvalue"))
+        elif self.flag(30):  # a zero value written out
+            inputs.append(self.constant(np.array(0.0), "zero"))
+        attrs = {}
+        if kind in ("reflect", "edge"):
+            attrs["mode"] = kind
+        elif self.flag(20):
+            attrs["mode"] = "constant"
+        y = self.add(self.node("Pad", inputs, **attrs), [n + b + e for n, b, e in zip(x.shape, begin, end)])
+        out = None
+        for _ in range(2 if self.flag(20) else 1):  # a second reader of the padded tensor
+            if self.flag(25):
+                out = self.average_pool(y)
+            else:
+                out = self.conv(y, pads_mode=self.choice(["none", "VALID", "none", "centered", "random",
+                                                          "SAME_UPPER"]))
+        return out
+
+    def tokens_bn(self, x):
+        """LeViT's BatchNorm1d on tokens: MatMul by a weight, Reshape or Flatten to [rows, N],
+        BatchNormalization, Reshape back (to a constant shape or to the MatMul's Shape); reshape_bn
+        makes it a Mul and an Add the MatMul takes. Near-misses: the rows are not along the last
+        axis, the shape restored is another one, the MatMul's output is read elsewhere."""
+        n = self.int(1, 8)
+        y = self.add(self.node("MatMul", [x.name, self.weight((x.shape[-1], n))]), (*x.shape[:-1], n))
+        if self.flag(10):
+            self.relu(y)  # another reader of y
+        rows = int(np.prod(y.shape[:-1]))
+        kind = self.choice(["reshape"] * 4 + ["flatten"] * 2 + ["wrong_columns", "wrong_restore"])
+        if kind == "flatten":
+            flat = self.add(self.node("Flatten", [y.name], axis=self.choice([len(y.shape) - 1, -1])), (rows, n))
+        elif kind == "wrong_columns" and len(y.shape) >= 3:
+            columns = y.shape[-2] * n
+            target = self.source(np.array([-1, columns], dtype=np.int64), self.fresh("shape"))
+            flat = self.add(self.node("Reshape", [y.name, target]), (rows // y.shape[-2], columns))
+        else:
+            target = self.source(np.array([self.choice([-1, rows]), n], dtype=np.int64), self.fresh("shape"))
+            flat = self.add(self.node("Reshape", [y.name, target]), (rows, n))
+        normed = self.batchnorm(flat)
+        if kind == "wrong_restore" and len(y.shape) >= 3 and y.shape[-2] != y.shape[-3]:
+            shape = list(y.shape)
+            shape[-2], shape[-3] = shape[-3], shape[-2]
+            back = self.source(np.array(shape, dtype=np.int64), self.fresh("shape"))
+        elif self.flag(50):
+            shape = list(y.shape)
+            back = self.node("Shape", [y.name])
+        else:
+            shape = list(y.shape)
+            back = self.source(np.array(shape, dtype=np.int64), self.fresh("shape"))
+        return self.add(self.node("Reshape", [normed.name, back]), shape)
+
+    def twin_layouts(self, x):
+        """The same Cast, Transpose or Reshape of x written twice, one per reader (float16
+        converters write a Cast of the input per reader): dedupe keeps one. Now and then the two
+        differ in an attribute and must both stay."""
+        rank = len(x.shape)
+        op = self.choice(["Transpose", "Cast", "Reshape"])
+        twins = []
+        for position in range(2):
+            differ = position == 1 and self.flag(20)
+            if op == "Transpose":
+                perm = list(range(rank)) if differ else [0, 1] + list(range(rank - 1, 1, -1))
+                shape = [x.shape[p] for p in perm]
+                twins.append(self.add(self.node("Transpose", [x.name], perm=perm), shape))
+            elif op == "Cast":
+                attrs = {"saturate": 1} if differ and self.opset >= 19 else {}
+                twins.append(self.add(self.node("Cast", [x.name], to=self.elem, **attrs), x.shape))
+            else:
+                target = [0, -1] if differ else [x.shape[0], -1]
+                twins.append(self.add(self.node("Reshape", [x.name, self.source(np.array(target, dtype=np.int64),
+                                                                              self.fresh("shape"))]),
+                                      (x.shape[0], int(np.prod(x.shape[1:])))))
+        readers = [self.conv(t, pads_mode="centered") if len(t.shape) >= 3 and self.convolves
+                   else self.relu(t) for t in twins]
+        return self.add(self.node("Add", [r.name for r in readers]), broadcast_shape(*[r.shape for r in readers])) \
+            if readers[0].shape == readers[1].shape else readers[-1]
+
+    def gemm_sum(self, x):
+        """A sum of Gemms of one input (DeiT's and RepViT's distillation heads, (a + b) / 2):
+        merge_gemm makes it one Gemm. Near-misses: a Gemm that transposes x, a Relu on a branch,
+        a branch read elsewhere."""
+        m, k = x.shape
+        n = self.int(1, 8)
+        branches = []
+        for position in range(self.int(2, 3)):
+            trans_b = self.flag(40)
+            inputs = [x.name, self.weight((n, k) if trans_b else (k, n))]
+            attrs = {"transB": 1} if trans_b else {}
+            if self.flag(15):
+                attrs["alpha"] = float(self.rng.uniform(0.5, 1.5))
+            if self.flag(15):
+                attrs["beta"] = float(self.rng.uniform(0.5, 1.5))
+            if self.flag(70):
+                inputs.append(self.constant(self.rng.normal(0, 0.5, self.choice([(n,), (1, n), (m, n), ()])), "c"))
+            y = self.add(self.node("Gemm", inputs, **attrs), (m, n))
+            if position == 1 and self.flag(10):
+                y = self.relu(y)
+            if position == 0 and self.flag(10):
+                self.relu(y)  # read elsewhere
+            branches.append(y)
+        if self.flag(30):
+            total = self.add(self.node("Sum", [b.name for b in branches]), (m, n))
+        else:
+            total = branches[0]
+            for b in branches[1:]:
+                total = self.add(self.node(self.choice(["Add", "Add", "Sub"]), [total.name, b.name]), (m, n))
+        if self.flag(50):
+            total = self.affine(total, op="Div", finite=True, shape=())
+        return total
+
+    def bordered_branch(self, x, cout, g, stride, target):
+        """DBB's 1x1-then-kxk branch as paddle2onnx writes BNAndPad: Conv 1x1, BN, then a Concat of
+        constant borders along each spatial axis holding the BN's value where the 1x1 Conv sees
+        zeros, then the kxk Conv. Near-misses: a border of another value, or not one value per
+        channel."""
+        rank, c = len(x.shape) - 2, x.shape[1]
+        dtype = self.dtype
+        inputs = [x.name, self.weight((c, c, *[1] * rank))]
+        conv_bias = np.zeros(c)
+        if self.flag(30):
+            conv_bias = self.rng.normal(0, 0.5, c).astype(dtype).astype(np.float64)
+            inputs.append(self.constant(conv_bias, "b"))
+        mid = self.add(self.node("Conv", inputs), x.shape)
+        scale, shift, mean, var = (self.rng.uniform(0.5, 1.5, c).astype(dtype), self.rng.normal(0, 0.5, c).astype(dtype),
+                                   self.rng.normal(0, 0.5, c).astype(dtype), self.rng.uniform(0.05, 2.0, c).astype(dtype))
+        epsilon = self.choice([1e-5, 1e-3])
+        y = self.add(self.node("BatchNormalization", [mid.name] + [self.constant(v, hint) for v, hint in zip(
+            (scale, shift, mean, var), ("scale", "bnbias", "mean", "var"))], epsilon=epsilon), x.shape)
+        value = (shift.astype(np.float64) + (conv_bias - mean.astype(np.float64)) * scale.astype(np.float64)
+                 / np.sqrt(var.astype(np.float64) + np.float64(np.float32(epsilon))))
+        if self.flag(5):
+            value = value + self.rng.uniform(0.5, 1.0, c)  # not what the padded branch computes there
+        width = self.int(1, 2)
+        for axis in range(2, rank + 2):
+            border = list(y.shape)
+            border[axis] = width
+            values = np.broadcast_to(value.reshape((1, c) + (1,) * rank), border).copy()
+            if self.flag(5):
+                values = values + self.rng.normal(0, 0.1, border)  # not one value per channel
+            side = self.constant(values, "border")
+            shape = list(y.shape)
+            shape[axis] += 2 * width
+            y = self.add(self.node("Concat", [side, y.name, side], axis=axis), shape)
+        return self.branch_conv(y, cout, g, stride, target)
 
     def constant_if(self, x):
         """An If on a constant condition (inline_if inlines the branch it takes, and the folds then
@@ -756,10 +924,11 @@ class GraphFuzzer:
                  + ["conv_transpose"] * 3 + ["relu", "identity", "average_pool", "transpose", "concat", "binary",
                                             "flatten", "matmul", "layout_branch", "divide_conv", "constant_if",
                                             "local_function", "loop", "sparse_add", "self_sum", "constant_if",
-                                            "forward_fold_beside_sum"])
+                                            "forward_fold_beside_sum", "zero_pad", "zero_pad", "tokens_bn",
+                                            "twin_layouts"])
     MATRIX_OPS = (["gemm"] * 3 + ["matmul"] * 2 + ["batchnorm"] * 2 + ["affine"] * 3 + ["affine_into_linear"] * 3
                   + ["relu", "identity", "transpose", "concat", "binary", "constant_if", "local_function", "loop",
-                     "sparse_add", "self_sum"])
+                     "sparse_add", "self_sum", "gemm_sum", "gemm_sum", "twin_layouts"])
 
     def build(self) -> Case:
         if self.dtype is not ml_dtypes.bfloat16 and self.flag(80):  # bfloat16: Gemm, MatMul, BN, affine

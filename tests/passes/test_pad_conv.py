@@ -59,6 +59,7 @@ def test_zero_pad_before_average_pool_is_counted():
     ("maxpool", None),
     ("same", "auto_pad SAME_UPPER"),
     ("avg_exclude", "excludes its own padding"),
+    ("avg_kernel", "pad by its kernel size or more"),
 ])
 def test_the_negative_twins_stay(case, reason):
     b = ModelBuilder(seed=7)
@@ -68,6 +69,8 @@ def test_the_negative_twins_stay(case, reason):
     cin = 5 if case == "channel" else 4
     if case == "maxpool":
         b.output(b.node("MaxPool", [p], kernel_shape=[3, 3]))
+    elif case == "avg_kernel":  # the fuzzer's find: onnxruntime refuses AveragePool pads >= kernel
+        b.output(b.node("AveragePool", [p], kernel_shape=[1, 3]))
     elif case == "avg_exclude":
         b.output(b.node("AveragePool", [p], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
     elif case == "same":
