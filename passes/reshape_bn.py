@@ -122,7 +122,9 @@ class ReshapeBatchNorm(Pass):
         if isinstance(ab, Refusal):
             return ab
         try:
-            a, b = (fold.cast_like(v, scale.dtype, "BatchNormalization as an affine") for v in ab)
+            # in the type of the data (the MatMul's), which the statistics need not share (float32
+            # statistics of float16 data, from opset 14 on)
+            a, b = (fold.cast_like(v, weight[1], "BatchNormalization as an affine") for v in ab)
         except fold.FoldError as error:
             return Refusal(str(error))
         return AffineOnTokens(match, shape_node, a, b)

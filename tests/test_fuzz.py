@@ -520,10 +520,11 @@ class GraphFuzzer:
                  if (size + b + e - extent) >= 0 and (size + b + e - extent) // stride + 1 == target]
         return sorted(pairs, key=lambda p: (abs(p[0] - p[1]), p))
 
-    def branch_conv(self, x, cout, groups, strides, target):
+    def branch_conv(self, x, cout, groups, strides, target, kernel=None):
         """A Conv of x with `cout` outputs whose output size is `target`, or None."""
         rank = len(x.shape) - 2
-        kernel = [self.choice([3, 1, 5])] * rank if self.flag(70) else [self.choice([1, 3]) for _ in range(rank)]
+        if kernel is None:
+            kernel = [self.choice([3, 1, 5])] * rank if self.flag(70) else [self.choice([1, 3]) for _ in range(rank)]
         dilations = [1] * rank if self.flag(85) else [self.choice([1, 2])] * rank
         begin, end = [], []
         for i in range(rank):
@@ -788,12 +789,13 @@ class GraphFuzzer:
         channel."""
         rank, c = len(x.shape) - 2, x.shape[1]
         dtype = self.dtype
-        inputs = [x.name, self.weight((c, c, *[1] * rank))]
+        first_groups = g if self.flag(85) else 1  # DBB's two convolutions share their groups
+        inputs = [x.name, self.weight((c, c // first_groups, *[1] * rank))]
         conv_bias = np.zeros(c)
         if self.flag(30):
             conv_bias = self.rng.normal(0, 0.5, c).astype(dtype).astype(np.float64)
             inputs.append(self.constant(conv_bias, "b"))
-        mid = self.add(self.node("Conv", inputs), x.shape)
+        mid = self.add(self.node("Conv", inputs, group=first_groups), x.shape)
         scale, shift, mean, var = (self.rng.uniform(0.5, 1.5, c).astype(dtype), self.rng.normal(0, 0.5, c).astype(dtype),
                                    self.rng.normal(0, 0.5, c).astype(dtype), self.rng.uniform(0.05, 2.0, c).astype(dtype))
         epsilon = self.choice([1e-5, 1e-3])
@@ -807,14 +809,17 @@ class GraphFuzzer:
         for axis in range(2, rank + 2):
             border = list(y.shape)
             border[axis] = width
-            values = np.broadcast_to(value.reshape((1, c) + (1,) * rank), border).copy()
+            values = np.broadcast_to(value.reshape((1, c) + (1,) * rank), border).astype(dtype)
             if self.flag(5):
-                values = values + self.rng.normal(0, 0.1, border)  # not one value per channel
-            side = self.constant(values, "border")
+                values = (values + self.rng.normal(0, 0.1, border)).astype(dtype)  # not one value per channel
+            # mostly a plain initializer: of the many constants of this branch, one is otherwise
+            # often overridable, and the merge is then rightly refused
+            side = self.constant(values, "border") if self.flag(30) else self.source(values, self.fresh("border"))
             shape = list(y.shape)
             shape[axis] += 2 * width
             y = self.add(self.node("Concat", [side, y.name, side], axis=axis), shape)
-        return self.branch_conv(y, cout, g, stride, target)
+        kernel = [2 * width + 1] * rank if self.flag(80) else None  # the borders are the kxk's padding
+        return self.branch_conv(y, cout, g, stride, target, kernel)
 
     def constant_if(self, x):
         """An If on a constant condition (inline_if inlines the branch it takes, and the folds then

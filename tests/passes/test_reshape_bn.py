@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import pytest
 from support import ModelBuilder, assert_same_function, assert_unchanged, op_counts, optimize
 
@@ -28,6 +29,26 @@ def test_batchnorm_on_flattened_tokens_folds_into_the_linear(flatten, restore):
     assert op_counts(result) == {"MatMul": 1, "Add": 1, "Relu": 1}
     assert report.passes["reshape_bn"].rewrites == 1
     assert_same_function(model, result)
+
+
+def test_float16_tokens_with_float32_statistics_fold_in_float16():
+    """Opset 15 lets a float16 BatchNormalization take float32 scale, bias and statistics: the Mul
+    and Add that the MatMul takes are in the data's type (the fuzzer found float32 ones: invalid)."""
+    b = ModelBuilder(dtype=np.float16, seed=4)
+    x = b.input([2, 3, 6])
+    y = b.node("MatMul", [x, b.const(b.weights(6, 5), "w")])
+    flat = b.node("Flatten", [y], axis=2)
+    stats = [b.const(v, hint, dtype=np.float32) for v, hint in (
+        (b.rng.uniform(0.5, 1.5, 5), "scale"), (b.rng.normal(0, 0.5, 5), "bnbias"),
+        (b.rng.normal(0, 0.5, 5), "mean"), (b.rng.uniform(0.05, 2.0, 5), "var"))]
+    z = b.node("BatchNormalization", [flat] + stats, epsilon=1e-3)
+    b.output(b.node("Relu", [b.node("Reshape", [z, b.node("Shape", [y])])]))
+    model = b.model(opset=15)
+    result, report = optimize(model)
+    assert op_counts(result) == {"MatMul": 1, "Add": 1, "Relu": 1}
+    assert report.passes["reshape_bn"].rewrites == 1
+    onnx.checker.check_model(result, full_check=True)
+    assert_same_function(model, result, dtype=np.float16)
 
 
 @pytest.mark.parametrize("case,reason", [
