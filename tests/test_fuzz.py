@@ -6,7 +6,10 @@ must not (padded Conv after BN, constants along the wrong axis or that broadcast
 intermediates, graph outputs, overridable initializers, attributes that refer to a function's,
 BatchNormalization with its training outputs declared), in float32, float16 and bfloat16, IR 3 to
 10; sibling subgraphs that repeat each other's local names, sparse initializers, weights in
-float_data, Sum/Add of a tensor with itself.
+float_data, Sum/Add of a tensor with itself; and the exporters' glue the canonical passes take
+apart: Pad before Conv/AveragePool (zeros, another value, reflect/edge, a crop), LeViT's BatchNorm1d
+between Reshapes, one Cast/Transpose/Reshape per reader, sums of Gemms, and DBB's branch with
+Concat borders.
 
 Graphs are valid by construction: the generator tracks the shape of every tensor and only draws
 attributes that fit it. Every example must leave its input untouched, come out valid
