@@ -132,8 +132,6 @@ def _at_least(low):
     return whole
 
 
-
-
 def parse_args(argv):
     parser = _build_parser()
     return parser, parser.parse_intermixed_args(_expand_verify(list(argv)))
@@ -375,7 +373,6 @@ def _main(argv=None) -> int:
     from .report import RunTable, model_record, report_document
 
     args.say_on_stderr = any(map(_is_stdout, destinations + ([args.report] if args.report else [])))
-
     table = RunTable(sys.stderr if args.say_on_stderr else sys.stdout) if several and not args.quiet else None
     if table is not None:
         table.start(len(sources), output)

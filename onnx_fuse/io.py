@@ -580,7 +580,8 @@ def output_data_name(model: onnx.ModelProto, path: Path, data_name: str | None,
     if data_name is None and not needs_external_data(model, external):
         return None
     data_name = f"{path.name}.data" if data_name is None else data_name
-    if not data_name or "\0" in data_name or Path(data_name).name != data_name or data_name in (".", "..") or data_name == path.name:
+    if (not data_name or "\0" in data_name or Path(data_name).name != data_name or data_name in (".", "..")
+            or data_name == path.name):
         raise InputError(f"--external-data {data_name!r}: give a plain file name other than the model's")
     return data_name
 
