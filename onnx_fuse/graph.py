@@ -373,10 +373,12 @@ class Graph:
         """The shape of `name` by onnx's shape inference over the main graph as it stands (None
         for unknown dimensions, or when inference cannot tell). The weights go in by their
         types (small integer ones with their values). Run when first asked, and again when
-        asked for a tensor it did not cover in a later round of the manager (a rewrite of an
-        earlier round made it): so the last round sees the graph as a second run would, and
-        running twice gives what running once gives."""
-        if self._inferred is None or (name not in self._inferred and self._inferred_at != self.generation):
+        asked in a later round of the manager for a tensor it did not cover or left some sizes
+        of (a rewrite of an earlier round made it, or changed what computes it: a Reshape to a
+        computed shape that became an Add): so the last round sees the graph as a second run
+        would, and running twice gives what running once gives."""
+        cached = self._inferred.get(name) if self._inferred is not None else None
+        if self._inferred is None or ((cached is None or None in cached) and self._inferred_at != self.generation):
             self._inferred = {}
             if self.parent is None and not self.is_function:
                 self._inferred = self._infer_shapes()
