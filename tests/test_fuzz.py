@@ -739,9 +739,13 @@ class GraphFuzzer:
                 perm = list(range(rank)) if differ else [0, 1] + list(range(rank - 1, 1, -1))
                 shape = [x.shape[p] for p in perm]
                 twins.append(self.add(self.node("Transpose", [x.name], perm=perm), shape))
-            elif op == "Cast":
+            elif op == "Cast":  # to a wider type and back, which is exact
+                # (not a Cast to the same type: onnxruntime loses such a Cast's output when a
+                # subgraph reads it, "Missing Input", even with its optimizations off)
+                wider = TensorProto.DOUBLE if self.dtype == np.float32 else TensorProto.FLOAT
                 attrs = {"saturate": 1} if differ and self.opset >= 19 else {}
-                twins.append(self.add(self.node("Cast", [x.name], to=self.elem, **attrs), x.shape))
+                wide = self.node("Cast", [x.name], to=wider, **attrs)
+                twins.append(self.add(self.node("Cast", [wide], to=self.elem), x.shape))
             else:
                 target = [0, -1] if differ else [x.shape[0], -1]
                 twins.append(self.add(self.node("Reshape", [x.name, self.source(np.array(target, dtype=np.int64),
