@@ -514,8 +514,9 @@ class Graph:
     def rank(self, name: str, depth: int = 32) -> int | None:
         """The rank of `name` where the model records it, shape inference finds it, or the nodes
         computing it fix it (looked for `depth` nodes back). Exact rewrites keep every tensor's
-        rank, so what is found is kept."""
-        if name not in self._ranks:
+        rank, so what is found is kept; what is not found is looked for again in a later round of
+        the manager (as inferred_shape does), when a rewrite may have made it known."""
+        if name not in self._ranks or (self._ranks[name] is None and self._inferred_at != self.generation):
             self._ranks[name] = self._rank(name, depth)
         return self._ranks[name]
 
