@@ -378,13 +378,18 @@ class Graph:
         computed shape that became an Add): so the last round sees the graph as a second run
         would, and running twice gives what running once gives."""
         cached = self._inferred.get(name) if self._inferred is not None else None
-        if self._inferred is None or ((cached is None or None in cached) and self._inferred_at != self.generation):
+        if self._inferred is None or ((cached is None or None in cached) and self._inference_is_stale()):
             self._inferred = {}
             if self.parent is None and not self.is_function:
                 self._inferred = self._infer_shapes()
             self._inferred_at = self.generation
             self._ranks = {n: r for n, r in self._ranks.items() if r is not None}  # may be known now
         return self._inferred.get(name)
+
+    def _inference_is_stale(self) -> bool:
+        """Whether a round of the manager has changed the graph since shape inference last ran:
+        what it left unknown (a shape, a size, a rank) may be known now."""
+        return self._inferred_at != self.generation
 
     def known_shape(self, name: str) -> list | None:
         """The shape the model records for `name`, else what shape inference finds."""
@@ -516,7 +521,7 @@ class Graph:
         computing it fix it (looked for `depth` nodes back). Exact rewrites keep every tensor's
         rank, so what is found is kept; what is not found is looked for again in a later round of
         the manager (as inferred_shape does), when a rewrite may have made it known."""
-        if name not in self._ranks or (self._ranks[name] is None and self._inferred_at != self.generation):
+        if name not in self._ranks or (self._ranks[name] is None and self._inference_is_stale()):
             self._ranks[name] = self._rank(name, depth)
         return self._ranks[name]
 
