@@ -740,12 +740,14 @@ class GraphFuzzer:
                 shape = [x.shape[p] for p in perm]
                 twins.append(self.add(self.node("Transpose", [x.name], perm=perm), shape))
             elif op == "Cast":  # to a wider type and back, which is exact
-                # (not a Cast to the same type: onnxruntime loses such a Cast's output when a
-                # subgraph reads it, "Missing Input", even with its optimizations off)
+                # Only the twin's own reader reads it, never a subgraph: onnxruntime 1.32 removes
+                # a Cast pair that round-trips exactly (its mandatory RemoveDuplicateCastTransformer,
+                # also under ORT_DISABLE_ALL) and then loses the tensor a subgraph reads: "Missing
+                # Input". So the twin is not offered to later steps (self.add would offer it).
                 wider = TensorProto.DOUBLE if self.dtype == np.float32 else TensorProto.FLOAT
                 attrs = {"saturate": 1} if differ and self.opset >= 19 else {}
                 wide = self.node("Cast", [x.name], to=wider, **attrs)
-                twins.append(self.add(self.node("Cast", [wide], to=self.elem), x.shape))
+                twins.append(Tensor(self.node("Cast", [wide], to=self.elem), x.shape))
             else:
                 target = [0, -1] if differ else [x.shape[0], -1]
                 twins.append(self.add(self.node("Reshape", [x.name, self.source(np.array(target, dtype=np.int64),
