@@ -372,14 +372,15 @@ def _main(argv=None) -> int:
         return EXIT_USAGE
     from .report import RunTable, model_record, report_document
 
-    args.say_on_stderr = any(map(_is_stdout, destinations + ([args.report] if args.report else [])))
-    table = RunTable(sys.stderr if args.say_on_stderr else sys.stdout) if several and not args.quiet else None
+    # what the run says goes to stderr when stdout carries an output
+    say = sys.stderr if any(map(_is_stdout, destinations + ([args.report] if args.report else []))) else sys.stdout
+    table = RunTable(say) if several and not args.quiet else None
     if table is not None:
         table.start(len(sources), output)
     worst = EXIT_OK
     records = []
     for source, destination in zip(sources, destinations):
-        code, report, error = _one(source, destination, dict(options, guard=guard), args, several)
+        code, report, error = _one(source, destination, dict(options, guard=guard), args, several, say)
         worst = max(worst, code)
         record = model_record(source, destination, report, code, error)
         records.append(record)
@@ -396,8 +397,8 @@ def _main(argv=None) -> int:
     return worst
 
 
-def _one(source: Path, destination: Path, options: dict, args, several: bool):
-    """Optimize one file: (exit code, Report or None, error line or None)."""
+def _one(source: Path, destination: Path, options: dict, args, several: bool, say):
+    """Optimize one file: (exit code, Report or None, error line or None). The summary goes to `say`."""
     from .api import optimize_file
     from .io import InputError
     from .progress import Progress
@@ -429,11 +430,10 @@ def _one(source: Path, destination: Path, options: dict, args, several: bool):
               file=sys.stderr)
         return EXIT_INTERNAL, None, f"{type(error).__name__}: {error}"
     if not args.quiet and (not several or args.verbose):
-        out = sys.stderr if args.say_on_stderr else sys.stdout
-        print(f"onnx-fuse: {source} -> {destination}", file=out)
-        print(report.summary(), file=out)
+        print(f"onnx-fuse: {source} -> {destination}", file=say)
+        print(report.summary(), file=say)
         if args.verbose:
-            _print_refusals(report, out)
+            _print_refusals(report, say)
     for pass_name, where, node in report.undone:
         print(f"onnx-fuse: warning: {source}: undid {pass_name} at {node} ({where}): it changed the outputs",
               file=sys.stderr)
