@@ -732,7 +732,7 @@ class GraphFuzzer:
         differ in an attribute and must both stay."""
         rank = len(x.shape)
         op = self.choice(["Transpose", "Cast", "Reshape"])
-        twins = []
+        twins, guarded = [], []  # guarded: the twin is a Cast pair with an Identity between
         for position in range(2):
             differ = position == 1 and self.flag(20)
             if op == "Transpose":
@@ -740,14 +740,20 @@ class GraphFuzzer:
                 shape = [x.shape[p] for p in perm]
                 twins.append(self.add(self.node("Transpose", [x.name], perm=perm), shape))
             elif op == "Cast":  # to a wider type and back, which is exact
-                # Only the twin's own reader reads it, never a subgraph: onnxruntime 1.32 removes
-                # a Cast pair that round-trips exactly (its mandatory RemoveDuplicateCastTransformer,
-                # also under ORT_DISABLE_ALL) and then loses the tensor a subgraph reads: "Missing
-                # Input". So the twin is not offered to later steps (self.add would offer it).
+                # onnxruntime 1.32 removes a Cast pair that round-trips exactly (its mandatory
+                # RemoveDuplicateCastTransformer, also under ORT_DISABLE_ALL) and then loses the
+                # tensor where a subgraph reads it: "Missing Input". So a bare pair's output is
+                # read only by its own reader (not offered to later steps, as self.add would); one
+                # with an Identity between the Casts (which keeps onnxruntime off the pair, and
+                # which the identity pass must then keep) is offered, and subgraphs may read it.
                 wider = TensorProto.DOUBLE if self.dtype == np.float32 else TensorProto.FLOAT
                 attrs = {"saturate": 1} if differ and self.opset >= 19 else {}
                 wide = self.node("Cast", [x.name], to=wider, **attrs)
-                twins.append(Tensor(self.node("Cast", [wide], to=self.elem), x.shape))
+                if self.flag(50):
+                    guarded.append(len(twins))
+                    twins.append(self.add(self.node("Cast", [self.node("Identity", [wide])], to=self.elem), x.shape))
+                else:
+                    twins.append(Tensor(self.node("Cast", [wide], to=self.elem), x.shape))
             else:
                 target = [0, -1] if differ else [x.shape[0], -1]
                 twins.append(self.add(self.node("Reshape", [x.name, self.source(np.array(target, dtype=np.int64),
@@ -755,6 +761,8 @@ class GraphFuzzer:
                                       (x.shape[0], int(np.prod(x.shape[1:])))))
         readers = [self.conv(t, pads_mode="centered") if len(t.shape) >= 3 and self.convolves
                    else self.relu(t) for t in twins]
+        if guarded and self.scope == "graph" and self.flag(50):  # an If branch reads a guarded pair
+            readers[guarded[-1]] = self.constant_if(twins[guarded[-1]])
         return self.add(self.node("Add", [r.name for r in readers]), broadcast_shape(*[r.shape for r in readers])) \
             if readers[0].shape == readers[1].shape else readers[-1]
 

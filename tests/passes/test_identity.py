@@ -61,3 +61,37 @@ def test_a_reader_of_both_sides_reads_the_source(twice):
     result, _ = optimize(model, passes=["identity"])
     assert op_counts(result) == {"Relu": 1, "Add": 1}
     assert_same_function(model, result)
+
+
+def cast_identity_cast(subgraph_reads: bool):
+    """Keras mixed precision and float16 converters write Cast -> Identity -> Cast round trips;
+    the second Cast's output is read by the main graph, or also by an If branch."""
+    b = ModelBuilder(seed=3)
+    x = b.input([2, 4])
+    wide = b.node("Identity", [b.node("Cast", [b.node("Relu", [x])], to=11)])  # to double
+    back = b.node("Cast", [wide], to=1)
+    b.output(b.node("Neg", [back]))
+    if subgraph_reads:
+        then = helper.make_graph([helper.make_node("Relu", [back], ["t"])], "then", [],
+                                 [helper.make_tensor_value_info("t", 1, None)])
+        other = helper.make_graph([helper.make_node("Abs", [back], ["e"])], "else", [],
+                                  [helper.make_tensor_value_info("e", 1, None)])
+        b.output(b.node("If", [b.input([], "cond", elem=9)], then_branch=then, else_branch=other))
+    return b.model()
+
+
+def test_identity_between_two_casts_goes():
+    model = cast_identity_cast(subgraph_reads=False)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Relu": 1, "Cast": 2, "Neg": 1} and report.rewrites == 1
+    assert_same_function(model, result)
+
+
+def test_identity_between_two_casts_a_subgraph_reads_stays():
+    """The negative twin: onnxruntime (1.32, also with ORT_DISABLE_ALL) removes a Cast pair that
+    round-trips exactly and then fails the If: "Missing Input". The Identity keeps it running."""
+    model = cast_identity_cast(subgraph_reads=True)
+    assert_unchanged(model, "parts two Casts")
+    for cond in (True, False):
+        feeds = {"x": np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32), "cond": np.array(cond)}
+        assert_same_function(model, optimize(model)[0], feeds=feeds)
