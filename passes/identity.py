@@ -42,8 +42,8 @@ class RemoveIdentity(Pass):
         if graph.read_by_subgraph(output):
             return Refusal(f"a subgraph reads '{output}'")
         if self._joins_casts_a_subgraph_reads(graph, source, output):
-            return Refusal(f"it parts two Casts and a subgraph reads the second: onnxruntime drops an "
-                           f"exact Cast pair and then loses the tensor the subgraph reads")
+            return Refusal("it parts two Casts and a subgraph reads the second: onnxruntime drops an "
+                           "exact Cast pair and then loses the tensor the subgraph reads")
         if output not in graph.outputs:
             return Bypass(index, source)
         producer = graph.producer_of(source)

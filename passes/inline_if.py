@@ -74,6 +74,26 @@ def rename_reads(nodes, renames: dict):
                     output.name = renames[output.name]
 
 
+def joins_casts_a_subgraph_reads(graph: Graph, node, branch) -> bool:
+    """Whether inlining would put a Cast of the branch right after a Cast of the enclosing graph
+    while a subgraph reads on from there (the If's outputs, or one inside the branch). onnxruntime
+    (1.32, even with ORT_DISABLE_ALL) removes a Cast pair that round-trips exactly and then fails
+    with "Missing Input" where an If branch or a Loop body reads the pair's output. Coarse on
+    purpose: such a branch is rare, and the If then simply stays."""
+    produced = {out for n in branch.node for out in n.output}
+
+    def after_outer_cast(n):
+        if n.op_type != "Cast" or not n.input or n.input[0] in produced:
+            return False
+        producer = graph.producer_of(n.input[0])
+        return producer is not None and graph.node(producer).op_type == "Cast"
+
+    if not any(after_outer_cast(n) for n in branch.node):
+        return False
+    return (any(True for n in branch.node for _ in subgraphs_of(n))
+            or any(graph.read_by_subgraph(out) for out in node.output if out))
+
+
 class InlineConstantIf(Pass):
     name = "inline_if"
     summary = "If with a constant condition: replaced by the branch it always takes"
@@ -94,6 +114,9 @@ class InlineConstantIf(Pass):
             return Refusal("the If branch has a different number of outputs")
         if len(branch.sparse_initializer):
             return Refusal("the If branch has sparse initializers")
+        if joins_casts_a_subgraph_reads(graph, node, branch):
+            return Refusal("a Cast of the branch reads a Cast outside it, and a subgraph reads what follows: "
+                           "onnxruntime drops an exact Cast pair and then loses the tensor the subgraph reads")
         return InlineBranch(match.index, branch)
 
     def rewrite(self, graph: Graph, match: ConstantIf, plan: InlineBranch):

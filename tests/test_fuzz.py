@@ -838,11 +838,13 @@ class GraphFuzzer:
         kernel = [2 * width + 1] * rank if self.flag(80) else None  # the borders are the kxk's padding
         return self.branch_conv(y, cout, g, stride, target, kernel)
 
-    def constant_if(self, x):
+    def constant_if(self, x, nested=True):
         """An If on a constant condition (inline_if inlines the branch it takes, and the folds then
         see its nodes) or on an overridable one (the passes fold inside both branches)."""
         condition = np.array(self.flag(50))
         form = self.choice(["initializer", "Constant", "overridable"] if self.ir_version >= 4 else ["initializer"])
+        if not nested and self.ir_version >= 4:  # the If reading a cast-back If's output stays
+            form = "overridable"
         name = self.fresh("cond")
         if form == "Constant":
             self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(condition, name)))
@@ -850,22 +852,33 @@ class GraphFuzzer:
             self.initializer(condition, name)
             if form == "overridable":
                 self.inputs.append(helper.make_tensor_value_info(name, TensorProto.BOOL, []))
-        branches = [self.branch_graph(x, kind) for kind in ("then", "else")]
+        # now and then the branches start by casting back what a Cast outside widened (tf.cond
+        # around mixed precision), and another If reads the result: inlined, the two Casts would
+        # stand side by side, a pair onnxruntime removes and then loses for the reading If
+        widened = None
+        if nested and self.scope == "graph" and self.flag(15):
+            wider = TensorProto.DOUBLE if self.dtype == np.float32 else TensorProto.FLOAT
+            # onnxruntime loses the pair's output when the first Cast reads a graph input
+            start = self.graph_input(x.shape) if self.flag(50) else x
+            widened = self.node("Cast", [start.name], to=wider)  # read by the branches only
+        branches = [self.branch_graph(x, kind, cast_from=widened) for kind in ("then", "else")]
         out = self.fresh("if")
         self.nodes.append(helper.make_node("If", [name], [out], name=self.node_name("If"),
                                            then_branch=branches[0], else_branch=branches[1]))
-        return self.add(out, x.shape)
+        result = self.add(out, x.shape)
+        return self.constant_if(result, nested=False) if widened and self.flag(50) else result
 
-    def branch_graph(self, x, kind, formal_inputs=(), extra_outputs=()) -> onnx.GraphProto:
+    def branch_graph(self, x, kind, formal_inputs=(), extra_outputs=(), cast_from=None) -> onnx.GraphProto:
         """A subgraph computing a tensor of x's shape from x (read from the enclosing graph, or
-        one of `formal_inputs`). Its names are often local ones that other subgraphs repeat."""
+        one of `formal_inputs`; or from `cast_from`, x widened outside, cast back first). Its names
+        are often local ones that other subgraphs repeat."""
         saved = self.nodes, self.inits, len(self.tensors), self.shared_weights, self.local_count
         self.shared_weights = {shape: list(names) for shape, names in self.shared_weights.items()}
         self.nodes, self.inits, self.scope = [], [], "subgraph"
         if self.flag(50):
             self.local_count = 0
-        y = x
-        for _ in range(self.int(1, 3)):
+        y = x if cast_from is None else self.add(self.node("Cast", [cast_from], to=self.elem), x.shape)
+        for _ in range(self.int(1, 3) if cast_from is None else self.int(0, 2)):  # the Cast alone, too
             step = self.choice(["batchnorm", "conv", "affine", "relu"] if len(x.shape) >= 3 and self.convolves
                                else ["batchnorm", "affine", "relu"])
             if step == "conv":

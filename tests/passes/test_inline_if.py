@@ -90,3 +90,45 @@ def test_inlined_names_that_a_sibling_subgraph_uses_are_renamed(second_constant)
 def test_inlined_names_that_do_not_clash_keep_their_names():
     result, _ = optimize(if_model(), passes=["inline_if"])
     assert "t0" in {out for node in result.graph.node for out in node.output}
+
+
+def cast_in_branch(later_if_reads: bool):
+    """An If on a constant whose branch casts back what a Cast outside it widened (TensorFlow's
+    tf.cond around mixed-precision code); what it gives is read by a Relu, or by another If's branch."""
+    b = ModelBuilder(seed=5)
+    wide = b.node("Cast", [b.node("Relu", [b.input([2, 4])])], to=11)  # to double
+    taken = helper.make_graph([helper.make_node("Cast", [wide], ["t"], to=1)], "then", [],
+                              [helper.make_tensor_value_info("t", 1, None)])
+    other = helper.make_graph([helper.make_node("Cast", [wide], ["e"], to=1),
+                               helper.make_node("Neg", ["e"], ["en"])], "else", [],
+                              [helper.make_tensor_value_info("en", 1, None)])
+    y = b.node("If", [b.const(np.array(True), "k", dtype=np.bool_)], then_branch=taken, else_branch=other)
+    b.output(b.node("Relu", [y]))
+    if later_if_reads:
+        then = helper.make_graph([helper.make_node("Abs", [y], ["a"])], "then2", [],
+                                 [helper.make_tensor_value_info("a", 1, None)])
+        other = helper.make_graph([helper.make_node("Neg", [y], ["n"])], "else2", [],
+                                  [helper.make_tensor_value_info("n", 1, None)])
+        b.output(b.node("If", [b.input([], "cond", elem=9)], then_branch=then, else_branch=other))
+    return b.model()
+
+
+def test_a_branch_casting_back_an_outer_cast_is_inlined():
+    model = cast_in_branch(later_if_reads=False)
+    result, report = optimize(model)
+    assert op_counts(result) == {"Relu": 2, "Cast": 2} and report.passes["inline_if"].rewrites == 1
+    assert_same_function(model, result)
+
+
+def test_a_branch_casting_back_an_outer_cast_that_a_subgraph_reads_on_stays():
+    """The negative twin: inlined, the two Casts would stand side by side and another If's branch
+    would read their output; onnxruntime (1.32, also under ORT_DISABLE_ALL) removes such an exact
+    Cast pair and then fails that If with "Missing Input"."""
+    model = cast_in_branch(later_if_reads=True)
+    report = assert_unchanged(model, "a Cast of the branch reads a Cast outside it", passes=["inline_if"])
+    assert report.passes["inline_if"].rewrites == 0
+    result, _ = optimize(model)
+    assert op_counts(result)["If"] == 2
+    for cond in (True, False):
+        feeds = {"x": np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32), "cond": np.array(cond)}
+        assert_same_function(model, result, feeds=feeds)
