@@ -57,7 +57,9 @@ class RemoveIdentity(Pass):
         """Whether removing the Identity makes a Cast read a Cast whose output a subgraph reads.
         onnxruntime (1.32, even with ORT_DISABLE_ALL) removes a Cast pair that round-trips exactly
         and then fails the model with "Missing Input" where an If branch or a Loop body reads the
-        second Cast's output. The Identity between them is what keeps such a model running."""
+        second Cast's output (seen when the first Cast reads a graph input). The Identity between
+        them is what keeps such a model running. Coarse on purpose (any two Casts): the cost is
+        one Identity kept, in a rare graph."""
         producer = graph.producer_of(source)
         if producer is None or graph.node(producer).op_type != "Cast":
             return False

@@ -78,8 +78,9 @@ def joins_casts_a_subgraph_reads(graph: Graph, node, branch) -> bool:
     """Whether inlining would put a Cast of the branch right after a Cast of the enclosing graph
     while a subgraph reads on from there (the If's outputs, or one inside the branch). onnxruntime
     (1.32, even with ORT_DISABLE_ALL) removes a Cast pair that round-trips exactly and then fails
-    with "Missing Input" where an If branch or a Loop body reads the pair's output. Coarse on
-    purpose: such a branch is rare, and the If then simply stays."""
+    with "Missing Input" where an If branch or a Loop body reads the pair's output (seen when the
+    first Cast reads a graph input). Coarse on purpose (any two Casts, any subgraph reading on):
+    such a branch is rare, and the If then simply stays."""
     produced = {out for n in branch.node for out in n.output}
 
     def after_outer_cast(n):
