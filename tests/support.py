@@ -163,6 +163,16 @@ def conv(b: ModelBuilder, x, cin, cout, *, rank=2, k=3, groups=1, bias=True, tra
     return b.node("ConvTranspose" if transpose else "Conv", inputs, group=groups, **attrs)
 
 
+def if_reading(b: ModelBuilder, name: str, cond: str = "cond"):
+    """An If on a graph input `cond` whose branches (Abs, Neg) read `name` from the enclosing graph."""
+    branches = []
+    for op in ("Abs", "Neg"):
+        out = b.name(op.lower())
+        branches.append(helper.make_graph([helper.make_node(op, [name], [out])], b.name("branch"), [],
+                                          [helper.make_tensor_value_info(out, FLOAT_TYPES[b.dtype], None)]))
+    return b.node("If", [b.input([], cond, elem=TensorProto.BOOL)], then_branch=branches[0], else_branch=branches[1])
+
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MANIFEST = {name: entry for path in sorted(FIXTURES.glob("manifest_*.json"))
             for name, entry in json.loads(path.read_text()).items()}

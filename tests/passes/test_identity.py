@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 from onnx import helper
-from support import ModelBuilder, assert_optimizes_to, assert_same_function, assert_unchanged, conv, op_counts, optimize
+from support import (ModelBuilder, assert_optimizes_to, assert_same_function, assert_unchanged, conv, if_reading,
+                     op_counts, optimize)
 
 
 def paddle_chain(b, x):
@@ -72,11 +73,7 @@ def cast_identity_cast(subgraph_reads: bool):
     back = b.node("Cast", [wide], to=1)
     b.output(b.node("Neg", [back]))
     if subgraph_reads:
-        then = helper.make_graph([helper.make_node("Relu", [back], ["t"])], "then", [],
-                                 [helper.make_tensor_value_info("t", 1, None)])
-        other = helper.make_graph([helper.make_node("Abs", [back], ["e"])], "else", [],
-                                  [helper.make_tensor_value_info("e", 1, None)])
-        b.output(b.node("If", [b.input([], "cond", elem=9)], then_branch=then, else_branch=other))
+        b.output(if_reading(b, back))
     return b.model()
 
 

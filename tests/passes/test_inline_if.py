@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from support import ModelBuilder, assert_same_function, assert_unchanged, op_counts, optimize, random_inputs
+from support import ModelBuilder, assert_same_function, assert_unchanged, if_reading, op_counts, optimize, random_inputs
 
 import onnx_fuse
 
@@ -105,11 +105,7 @@ def cast_in_branch(later_if_reads: bool):
     y = b.node("If", [b.const(np.array(True), "k", dtype=np.bool_)], then_branch=taken, else_branch=other)
     b.output(b.node("Relu", [y]))
     if later_if_reads:
-        then = helper.make_graph([helper.make_node("Abs", [y], ["a"])], "then2", [],
-                                 [helper.make_tensor_value_info("a", 1, None)])
-        other = helper.make_graph([helper.make_node("Neg", [y], ["n"])], "else2", [],
-                                  [helper.make_tensor_value_info("n", 1, None)])
-        b.output(b.node("If", [b.input([], "cond", elem=9)], then_branch=then, else_branch=other))
+        b.output(if_reading(b, y))
     return b.model()
 
 
