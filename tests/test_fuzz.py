@@ -838,12 +838,12 @@ class GraphFuzzer:
         kernel = [2 * width + 1] * rank if self.flag(80) else None  # the borders are the kxk's padding
         return self.branch_conv(y, cout, g, stride, target, kernel)
 
-    def constant_if(self, x, nested=True):
+    def constant_if(self, x, may_cast_back=True):
         """An If on a constant condition (inline_if inlines the branch it takes, and the folds then
         see its nodes) or on an overridable one (the passes fold inside both branches)."""
         condition = np.array(self.flag(50))
         form = self.choice(["initializer", "Constant", "overridable"] if self.ir_version >= 4 else ["initializer"])
-        if not nested and self.ir_version >= 4:  # the If reading a cast-back If's output stays
+        if not may_cast_back and self.ir_version >= 4:  # the If reading a cast-back If's output stays
             form = "overridable"
         name = self.fresh("cond")
         if form == "Constant":
@@ -856,7 +856,7 @@ class GraphFuzzer:
         # around mixed precision), and another If reads the result: inlined, the two Casts would
         # stand side by side, a pair onnxruntime removes and then loses for the reading If
         widened = None
-        if nested and self.scope == "graph" and self.flag(15):
+        if may_cast_back and self.scope == "graph" and self.flag(15):
             wider = TensorProto.DOUBLE if self.dtype == np.float32 else TensorProto.FLOAT
             # onnxruntime loses the pair's output when the first Cast reads a graph input
             start = self.graph_input(x.shape) if self.flag(50) else x
@@ -866,7 +866,7 @@ class GraphFuzzer:
         self.nodes.append(helper.make_node("If", [name], [out], name=self.node_name("If"),
                                            then_branch=branches[0], else_branch=branches[1]))
         result = self.add(out, x.shape)
-        return self.constant_if(result, nested=False) if widened and self.flag(50) else result
+        return self.constant_if(result, may_cast_back=False) if widened and self.flag(50) else result
 
     def branch_graph(self, x, kind, formal_inputs=(), extra_outputs=(), cast_from=None) -> onnx.GraphProto:
         """A subgraph computing a tensor of x's shape from x (read from the enclosing graph, or

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from support import assert_same_function, op_counts
+from support import ModelBuilder, assert_same_function, conv, op_counts
 
 import onnx_fuse
 
@@ -199,8 +199,6 @@ def test_a_fold_after_a_partial_merge_happens_on_the_first_run():
     """merge_branches merges two terms of a sum and adds the rest through new tensors, whose
     shapes inference had not seen: bn_conv then refused to fold the constant term forward until
     a second run (fuzz seed 5000). Shape inference is redone for a later round."""
-    from support import ModelBuilder, conv
-
     b = ModelBuilder(seed=4)
     x = b.node("Relu", [b.input([1, 4, 5, 5])])  # its shape comes from inference, run before the merge
     other = b.node("Add", [b.node("Relu", [conv(b, x, 4, 4)]), b.const(b.rng.normal(0, 1, (1, 4, 1, 1)), "c")])
@@ -221,8 +219,6 @@ def test_a_fold_after_reshape_bn_happens_on_the_first_run(restore):
     needs them to fold the Adds into the Conv, and saw only the old answer until a second run (fuzz
     seed 10001). Shape inference is redone for a later round when a shape it gave lacks sizes.
     The twin restores a constant shape, which inference sizes from the start: it folds either way."""
-    from support import ModelBuilder
-
     b = ModelBuilder(seed=5)
     x = b.input([2, 5, 5])
     y = b.node("MatMul", [x, b.const(b.weights(5, 1), "w")])
@@ -246,8 +242,6 @@ def test_a_rank_unknown_before_a_rewrite_is_looked_for_again():
     output is unknown and reshape_bn refuses it. Once the first sandwich is an Add, inference reaches
     the second one, but the rank cache kept its old "unknown" until a second run (fuzz seed 12001).
     A rank not found is looked for again in a later round."""
-    from support import ModelBuilder
-
     b = ModelBuilder(seed=6)
     x = b.input([2, 5, 4, 6, 10])
     y = b.node("MatMul", [x, b.const(b.weights(10, 5), "w")])
